@@ -1,0 +1,125 @@
+//! # larder-store
+//!
+//! Where Larder keeps embeddings, behind one [`Store`] trait with three backends that behave
+//! the same (one conformance suite, `tests/conformance.rs`, runs against all of them).
+//!
+//! # Layout
+//! - [`keys`]: the ONLY place Redis key names are built (the layout is public contract).
+//! - [`codec`]: f32/f16/bf16/i8 vector bytes.
+//! - [`schema`]: namespace schemas and naming rules.
+//! - [`embedded`]: redb file (or memory) store, the default: no external service.
+//! - [`redis_backend`]: standalone Redis and Redis Cluster. Both run batches through one
+//!   [`redis_backend::Batcher`]: a single pipeline on standalone, one pipeline per owning
+//!   node (in parallel) on a cluster.
+//! - [`metered`]: a wrapper that times every store call for `/metrics`.
+//! - [`open`]: builds a store from a `--store` URL.
+
+pub mod codec;
+pub mod embedded;
+mod error;
+pub mod keys;
+pub mod metered;
+pub mod redis_backend;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use codec::Dtype;
+pub use error::{Result, StoreError};
+pub use schema::{FieldSpec, NamespaceSchema};
+
+/// Fields of one entity to merge into the store: `(field name, stored bytes)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityWrite {
+    pub key: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+}
+
+/// One lookup answer row: `None` when the entity does not exist at all, otherwise one slot per
+/// requested field (`None` where the entity lacks that field).
+pub type Row = Option<Vec<Option<Vec<u8>>>>;
+
+/// The storage operations Larder needs. They mirror Redis hash commands so that the Redis
+/// backends are thin and the embedded backend is a faithful stand-in.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `embedded`, `redis` or `redis-cluster`.
+    fn backend(&self) -> &'static str;
+    /// Cheap liveness probe used by `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    async fn put_schema(&self, ns: &str, schema: &NamespaceSchema) -> Result<()>;
+    async fn get_schema(&self, ns: &str) -> Result<Option<NamespaceSchema>>;
+    async fn list_namespaces(&self) -> Result<Vec<String>>;
+
+    /// Merge every entity's fields (HSET semantics) and set the entity's TTL to `ttl_seconds`
+    /// (or clear it when `None`).
+    async fn upsert(
+        &self,
+        ns: &str,
+        ttl_seconds: Option<u64>,
+        entities: Vec<EntityWrite>,
+    ) -> Result<()>;
+    /// All fields of one entity (HGETALL), `None` when absent.
+    async fn get_entity(&self, ns: &str, key: &str) -> Result<Option<Vec<(String, Vec<u8>)>>>;
+    async fn delete_entity(&self, ns: &str, key: &str) -> Result<()>;
+    /// The requested fields of every key, rows in request order (duplicates answered in place).
+    async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>>;
+    /// Remove one field from every entity of the namespace; returns how many entities had it.
+    async fn drop_field(&self, ns: &str, field: &str) -> Result<u64>;
+    /// Number of entities in the namespace (may be approximate on very large namespaces).
+    async fn count_entities(&self, ns: &str) -> Result<u64>;
+}
+
+/// Options that come from configuration rather than the store URL.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Directory of the embedded store's file.
+    pub data_dir: PathBuf,
+    /// Keep the embedded store in memory only.
+    pub ephemeral: bool,
+    /// Connect timeout and per-command response timeout for Redis.
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            data_dir: PathBuf::from("./larder-data"),
+            ephemeral: false,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Open the store named by a `--store` value: `embedded`, `redis://…`, `rediss://…`,
+/// `redis-cluster://h:p,h:p` or `rediss-cluster://…`. Every store comes wrapped in
+/// [`metered::Metered`].
+pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = if url == "embedded" {
+        Arc::new(metered::Metered::new(if options.ephemeral {
+            embedded::EmbeddedStore::in_memory()?
+        } else {
+            embedded::EmbeddedStore::open(&options.data_dir)?
+        }))
+    } else if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
+        Arc::new(metered::Metered::new(
+            redis_backend::RedisStore::connect_cluster(url, options).await?,
+        ))
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Arc::new(metered::Metered::new(
+            redis_backend::RedisStore::connect(url, options).await?,
+        ))
+    } else {
+        return Err(StoreError::Config(format!(
+            "unknown store {url:?}: expected embedded, redis://, rediss://, redis-cluster:// or rediss-cluster://"
+        )));
+    };
+    Ok(store)
+}

@@ -1,0 +1,89 @@
+//! Times every store call (`larder_store_call_seconds{backend,op}`) and counts failures, so
+//! `/metrics` shows store latency the same way for every backend.
+
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use crate::{EntityWrite, NamespaceSchema, Result, Row, Store};
+
+/// Metric names of this crate, defined in one place.
+pub const CALL_SECONDS: &str = "larder_store_call_seconds";
+pub const CALL_ERRORS: &str = "larder_store_call_errors_total";
+pub const ROUND_TRIPS: &str = "larder_store_round_trips_total";
+
+pub struct Metered<S> {
+    inner: S,
+}
+
+impl<S: Store> Metered<S> {
+    pub fn new(inner: S) -> Self {
+        Metered { inner }
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let out = call.await;
+        let backend = self.inner.backend();
+        metrics::histogram!(CALL_SECONDS, "backend" => backend, "op" => op)
+            .record(start.elapsed().as_secs_f64());
+        if out.is_err() {
+            metrics::counter!(CALL_ERRORS, "backend" => backend, "op" => op).increment(1);
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for Metered<S> {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> Result<()> {
+        self.timed("ping", self.inner.ping()).await
+    }
+    async fn put_schema(&self, ns: &str, schema: &NamespaceSchema) -> Result<()> {
+        self.timed("put_schema", self.inner.put_schema(ns, schema))
+            .await
+    }
+    async fn get_schema(&self, ns: &str) -> Result<Option<NamespaceSchema>> {
+        self.timed("get_schema", self.inner.get_schema(ns)).await
+    }
+    async fn list_namespaces(&self) -> Result<Vec<String>> {
+        self.timed("list_namespaces", self.inner.list_namespaces())
+            .await
+    }
+    async fn upsert(
+        &self,
+        ns: &str,
+        ttl_seconds: Option<u64>,
+        entities: Vec<EntityWrite>,
+    ) -> Result<()> {
+        self.timed("upsert", self.inner.upsert(ns, ttl_seconds, entities))
+            .await
+    }
+    async fn get_entity(&self, ns: &str, key: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        self.timed("get_entity", self.inner.get_entity(ns, key))
+            .await
+    }
+    async fn delete_entity(&self, ns: &str, key: &str) -> Result<()> {
+        self.timed("delete_entity", self.inner.delete_entity(ns, key))
+            .await
+    }
+    async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>> {
+        self.timed("lookup", self.inner.lookup(ns, keys, fields))
+            .await
+    }
+    async fn drop_field(&self, ns: &str, field: &str) -> Result<u64> {
+        self.timed("drop_field", self.inner.drop_field(ns, field))
+            .await
+    }
+    async fn count_entities(&self, ns: &str) -> Result<u64> {
+        self.timed("count_entities", self.inner.count_entities(ns))
+            .await
+    }
+}

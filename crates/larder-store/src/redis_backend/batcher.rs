@@ -1,0 +1,236 @@
+//! One mechanism for sending a batch of single-key commands, whatever the topology.
+//!
+//! - Standalone: one pipeline, one round trip.
+//! - Cluster: commands are grouped by the primary that owns their key's slot, and each group
+//!   goes out as one pipeline to its node; all nodes run in parallel and the answers are put
+//!   back in request order. redis-rs's cluster pipelines refuse cross-slot batches, and
+//!   issuing many concurrent single commands on its multiplexed connection costs more
+//!   (measured in `docs/ARCHITECTURE.md`), hence the grouping.
+//! - When a node's pipeline fails (MOVED/ASK while resharding, a node restarting), the slot
+//!   map is refreshed and that group's commands are re-sent one by one through redis-rs's
+//!   cluster routing, which follows redirects and reconnects.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use futures::future::join_all;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Cmd, Value};
+
+use super::slots::{slot_for_key, NodeAddr, SlotTable};
+use crate::{Result, StoreError};
+
+/// A command and the key it routes by.
+pub struct Keyed {
+    pub key: Vec<u8>,
+    pub cmd: Cmd,
+}
+
+pub enum Batcher {
+    Single(ConnectionManager),
+    Cluster(ClusterBatcher),
+}
+
+pub struct ClusterBatcher {
+    conn: ClusterConnection,
+    table: RwLock<Arc<SlotTable>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// Round trips (pipelines or single commands sent), for `/metrics` and the per-primary test.
+static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
+
+/// Total round trips sent by every Redis store in this process.
+pub fn round_trips() -> u64 {
+    ROUND_TRIPS.load(Ordering::Relaxed)
+}
+
+fn count_round_trip() {
+    ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!(crate::metered::ROUND_TRIPS).increment(1);
+}
+
+impl Batcher {
+    /// Send every command; answers in the order given.
+    pub async fn run(&self, cmds: Vec<Keyed>) -> Result<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Batcher::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for c in cmds {
+                    pipe.add_command(c.cmd);
+                }
+                count_round_trip();
+                Ok(pipe.query_async(&mut conn.clone()).await?)
+            }
+            Batcher::Cluster(cluster) => cluster.run(cmds).await,
+        }
+    }
+
+    /// One command to a single arbitrary node (standalone: the server).
+    pub async fn one(&self, cmd: Cmd) -> Result<Value> {
+        count_round_trip();
+        Ok(match self {
+            Batcher::Single(conn) => cmd.query_async(&mut conn.clone()).await?,
+            Batcher::Cluster(cluster) => cmd.query_async(&mut cluster.conn.clone()).await?,
+        })
+    }
+
+    /// Every key matching `pattern`, from every primary.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
+        let nodes: Vec<Option<NodeAddr>> = match self {
+            Batcher::Single(_) => vec![None],
+            Batcher::Cluster(cluster) => {
+                cluster.refresh().await?;
+                cluster.table().nodes.iter().cloned().map(Some).collect()
+            }
+        };
+        let mut keys = Vec::new();
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                count_round_trip();
+                let (next, batch): (u64, Vec<Vec<u8>>) = match (self, &node) {
+                    (Batcher::Single(conn), _) => cmd.query_async(&mut conn.clone()).await?,
+                    (Batcher::Cluster(cluster), Some(addr)) => {
+                        let value = cluster
+                            .conn
+                            .clone()
+                            .route_command(cmd, RoutingInfo::SingleNode(by_address(addr)))
+                            .await?;
+                        redis::from_redis_value(value)?
+                    }
+                    (Batcher::Cluster(_), None) => unreachable!("cluster nodes are always named"),
+                };
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(keys)
+    }
+}
+
+fn by_address(addr: &NodeAddr) -> SingleNodeRoutingInfo {
+    SingleNodeRoutingInfo::ByAddress {
+        host: addr.host.clone(),
+        port: addr.port,
+    }
+}
+
+impl ClusterBatcher {
+    pub async fn new(conn: ClusterConnection) -> Result<Self> {
+        let batcher = ClusterBatcher {
+            conn,
+            table: RwLock::new(Arc::new(SlotTable::from_cluster_slots(&Value::Array(
+                vec![],
+            ))?)),
+            refreshing: tokio::sync::Mutex::new(()),
+        };
+        batcher.refresh().await?;
+        Ok(batcher)
+    }
+
+    fn table(&self) -> Arc<SlotTable> {
+        // A poisoned lock only means a panic elsewhere mid-swap of an Arc; the Arc is intact.
+        self.table
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reload the slot map. Concurrent callers share one refresh.
+    async fn refresh(&self) -> Result<()> {
+        let Ok(_guard) = self.refreshing.try_lock() else {
+            // Someone else is refreshing; wait for them and use their result.
+            let _ = self.refreshing.lock().await;
+            return Ok(());
+        };
+        count_round_trip();
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let table = SlotTable::from_cluster_slots(&reply)?;
+        *self
+            .table
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+        Ok(())
+    }
+
+    async fn run(&self, cmds: Vec<Keyed>) -> Result<Vec<Value>> {
+        let table = self.table();
+        // Group command indices by owning node; unknown owners go straight to the fallback.
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); table.nodes.len()];
+        let mut orphans = Vec::new();
+        for (i, c) in cmds.iter().enumerate() {
+            match table.owner(slot_for_key(&c.key)) {
+                Some(node) => groups[node].push(i),
+                None => orphans.push(i),
+            }
+        }
+        let sends = groups
+            .iter()
+            .enumerate()
+            .filter(|(_, idx)| !idx.is_empty())
+            .map(|(node, idx)| {
+                let mut pipe = redis::pipe();
+                for &i in idx {
+                    pipe.add_command(cmds[i].cmd.clone());
+                }
+                let mut conn = self.conn.clone();
+                let route = by_address(&table.nodes[node]);
+                async move {
+                    count_round_trip();
+                    let out = conn.route_pipeline(pipe, 0, idx.len(), route).await;
+                    (idx, out)
+                }
+            });
+        let mut answers: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut retry = orphans;
+        for (idx, out) in join_all(sends).await {
+            match out {
+                Ok(values) if values.len() == idx.len() => {
+                    for (i, v) in idx.iter().zip(values) {
+                        answers[*i] = Some(v);
+                    }
+                }
+                Ok(_) => retry.extend(idx),
+                Err(error) => {
+                    tracing::debug!(%error, "cluster pipeline failed; retrying by key");
+                    retry.extend(idx);
+                }
+            }
+        }
+        if !retry.is_empty() {
+            // Topology may have changed. A failed refresh is fine: routing by key still works.
+            if let Err(error) = self.refresh().await {
+                tracing::warn!(%error, "cluster slot map refresh failed");
+            }
+            let resend = retry.iter().map(|&i| {
+                let mut conn = self.conn.clone();
+                let cmd = &cmds[i].cmd;
+                async move {
+                    count_round_trip();
+                    (i, cmd.query_async::<Value>(&mut conn).await)
+                }
+            });
+            for (i, out) in join_all(resend).await {
+                answers[i] = Some(out?);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| StoreError::Unavailable("cluster batch lost an answer".into())))
+            .collect()
+    }
+}

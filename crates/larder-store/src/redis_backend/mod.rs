@@ -1,0 +1,298 @@
+//! Standalone Redis and Redis Cluster. Both speak the layout in [`crate::keys`] and send every
+//! multi-key operation through one [`Batcher`].
+
+mod batcher;
+pub mod slots;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::{Cmd, Value};
+
+pub use batcher::{round_trips, Batcher, ClusterBatcher, Keyed};
+
+use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
+
+/// HDEL/SCAN work is sent in chunks of this many commands.
+const CHUNK: usize = 1000;
+
+pub struct RedisStore {
+    batcher: Batcher,
+}
+
+impl RedisStore {
+    /// Standalone Redis from a `redis://` or `rediss://` URL (AUTH from the URL's userinfo).
+    /// The connection manager reconnects by itself after the server restarts.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Config(format!("bad redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout))
+            .set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(RedisStore {
+            batcher: Batcher::Single(conn),
+        })
+    }
+
+    /// Redis Cluster from `redis-cluster://[user:pass@]host:port,host:port,…` (or
+    /// `rediss-cluster://` for TLS): every listed node is a seed.
+    pub async fn connect_cluster(url: &str, options: &StoreOptions) -> Result<Self> {
+        let seeds = cluster_seeds(url)?;
+        let client = ClusterClientBuilder::new(seeds)
+            .connection_timeout(options.connect_timeout)
+            .response_timeout(options.response_timeout)
+            .build()
+            .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
+        let conn = client.get_async_connection().await?;
+        Ok(RedisStore {
+            batcher: Batcher::Cluster(ClusterBatcher::new(conn).await?),
+        })
+    }
+}
+
+/// `redis-cluster://[auth@]h1:p1,h2:p2` → `["redis://[auth@]h1:p1", "redis://[auth@]h2:p2"]`.
+pub fn cluster_seeds(url: &str) -> Result<Vec<String>> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis-cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss-cluster://") {
+        ("rediss", rest)
+    } else {
+        return Err(StoreError::Config(format!(
+            "{url:?} is not a redis-cluster:// URL"
+        )));
+    };
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    let seeds: Vec<String> = hosts
+        .split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("{scheme}://{auth}{h}"))
+        .collect();
+    if seeds.is_empty() {
+        return Err(StoreError::Config(format!(
+            "{url:?} names no seed nodes: expected redis-cluster://host:port,host:port"
+        )));
+    }
+    Ok(seeds)
+}
+
+fn keyed(key: Vec<u8>, cmd: Cmd) -> Keyed {
+    Keyed { key, cmd }
+}
+
+fn into_bytes(value: Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        _ => None,
+    }
+}
+
+fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn backend(&self) -> &'static str {
+        match self.batcher {
+            Batcher::Single(_) => "redis",
+            Batcher::Cluster(_) => "redis-cluster",
+        }
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.batcher.one(redis::cmd("PING")).await.map(drop)
+    }
+
+    async fn put_schema(&self, ns: &str, schema: &NamespaceSchema) -> Result<()> {
+        let json = serde_json::to_string(schema)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode schema: {e}")))?;
+        let key = keys::schema(ns);
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(json);
+        let mut sadd = redis::cmd("SADD");
+        sadd.arg(keys::NAMESPACE_INDEX).arg(ns);
+        self.batcher
+            .run(vec![
+                keyed(key.into_bytes(), set),
+                keyed(keys::NAMESPACE_INDEX.as_bytes().to_vec(), sadd),
+            ])
+            .await
+            .map(drop)
+    }
+
+    async fn get_schema(&self, ns: &str) -> Result<Option<NamespaceSchema>> {
+        let key = keys::schema(ns);
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        match into_bytes(self.batcher.one(get).await?) {
+            Some(json) => serde_json::from_slice(&json)
+                .map(Some)
+                .map_err(|e| corrupt(&key, e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<String>> {
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(keys::NAMESPACE_INDEX);
+        let mut names: Vec<String> = redis::from_redis_value(self.batcher.one(smembers).await?)?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn upsert(
+        &self,
+        ns: &str,
+        ttl_seconds: Option<u64>,
+        entities: Vec<EntityWrite>,
+    ) -> Result<()> {
+        let mut cmds = Vec::with_capacity(entities.len() * 2);
+        for entity in entities {
+            let key = keys::entity(ns, &entity.key);
+            let mut hset = redis::cmd("HSET");
+            hset.arg(&key);
+            for (name, value) in &entity.fields {
+                hset.arg(name).arg(value.as_slice());
+            }
+            let expiry = match ttl_seconds {
+                Some(ttl) => {
+                    let mut c = redis::cmd("EXPIRE");
+                    c.arg(&key).arg(ttl);
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("PERSIST");
+                    c.arg(&key);
+                    c
+                }
+            };
+            cmds.push(keyed(key.clone(), hset));
+            cmds.push(keyed(key, expiry));
+        }
+        self.batcher.run(cmds).await.map(drop)
+    }
+
+    async fn get_entity(&self, ns: &str, key: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(keys::entity(ns, key));
+        let pairs: Vec<(String, Vec<u8>)> = match self.batcher.one(hgetall).await? {
+            Value::Map(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| Ok((redis::from_redis_value(k)?, redis::from_redis_value(v)?)))
+                .collect::<Result<_>>()?,
+            Value::Array(flat) => {
+                let mut out = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    out.push((redis::from_redis_value(k)?, redis::from_redis_value(v)?));
+                }
+                out
+            }
+            other => return Err(corrupt(key, format!("HGETALL answered {other:?}"))),
+        };
+        Ok((!pairs.is_empty()).then_some(pairs))
+    }
+
+    async fn delete_entity(&self, ns: &str, key: &str) -> Result<()> {
+        let mut del = redis::cmd("DEL");
+        del.arg(keys::entity(ns, key));
+        self.batcher.one(del).await.map(drop)
+    }
+
+    async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>> {
+        let redis_keys: Vec<Vec<u8>> = keys.iter().map(|k| keys::entity(ns, k)).collect();
+        let cmds = redis_keys
+            .iter()
+            .map(|key| {
+                let mut hmget = redis::cmd("HMGET");
+                hmget.arg(key.as_slice()).arg(fields);
+                keyed(key.clone(), hmget)
+            })
+            .collect();
+        let replies = self.batcher.run(cmds).await?;
+        let mut rows: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
+        for (reply, key) in replies.into_iter().zip(keys) {
+            match reply {
+                Value::Array(values) => rows.push(values.into_iter().map(into_bytes).collect()),
+                other => return Err(corrupt(key, format!("HMGET answered {other:?}"))),
+            }
+        }
+        // HMGET cannot tell "no such entity" from "entity without these fields". Only the
+        // all-empty rows need asking, in one more batch, so the common case stays one trip.
+        let unknown: Vec<usize> = (0..rows.len())
+            .filter(|&i| rows[i].iter().all(Option::is_none))
+            .collect();
+        let mut exists = vec![true; rows.len()];
+        if !unknown.is_empty() {
+            let cmds = unknown
+                .iter()
+                .map(|&i| {
+                    let mut c = redis::cmd("EXISTS");
+                    c.arg(redis_keys[i].as_slice());
+                    keyed(redis_keys[i].clone(), c)
+                })
+                .collect();
+            for (&i, reply) in unknown.iter().zip(self.batcher.run(cmds).await?) {
+                exists[i] = matches!(reply, Value::Int(n) if n > 0);
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .zip(exists)
+            .map(|(row, exists)| exists.then_some(row))
+            .collect())
+    }
+
+    async fn drop_field(&self, ns: &str, field: &str) -> Result<u64> {
+        let found = self.batcher.scan(&keys::entity_pattern(ns)).await?;
+        let mut dropped = 0;
+        for chunk in found.chunks(CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|key| {
+                    let mut hdel = redis::cmd("HDEL");
+                    hdel.arg(key.as_slice()).arg(field);
+                    keyed(key.clone(), hdel)
+                })
+                .collect();
+            for reply in self.batcher.run(cmds).await? {
+                if matches!(reply, Value::Int(n) if n > 0) {
+                    dropped += 1;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    async fn count_entities(&self, ns: &str) -> Result<u64> {
+        Ok(self.batcher.scan(&keys::entity_pattern(ns)).await?.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls() {
+        assert_eq!(
+            cluster_seeds("redis-cluster://a:1,b:2").expect("valid"),
+            vec!["redis://a:1", "redis://b:2"]
+        );
+        assert_eq!(
+            cluster_seeds("rediss-cluster://u:p@a:1,b:2/").expect("valid"),
+            vec!["rediss://u:p@a:1", "rediss://u:p@b:2"]
+        );
+        assert!(cluster_seeds("redis-cluster://").is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! A single standalone `redis-server`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::ports::pick_ports;
+use crate::process::{try_cli, LaunchError, Node, CLI_TIMEOUT};
+
+/// Attempts with fresh ports before giving up on port clashes.
+const START_ATTEMPTS: usize = 20;
+/// How long `restart` keeps retrying while the old port is still held.
+const RESTART_PATIENCE: Duration = Duration::from_secs(10);
+
+/// A real `redis-server` on a free loopback port with its own temp dir (`--save ""`, no AOF).
+///
+/// The process is SIGKILLed and reaped on drop (also when the test panics), then the temp dir is
+/// removed. Its stdout/stderr go to `redis.log` in [`RedisServer::dir`].
+pub struct RedisServer {
+    // Field order matters: the node (process) is dropped before its directory.
+    node: Node,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Start a server without a password. Panics with a clear message if `redis-server` is
+    /// missing or does not answer PONG within 10 s.
+    pub fn start() -> RedisServer {
+        Self::start_inner(None)
+    }
+
+    /// Start a server with `--requirepass password`.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::start_inner(Some(password))
+    }
+
+    fn start_inner(password: Option<&str>) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("larder-redis-")
+            .tempdir()
+            .expect("larder-testkit: create a temp dir for redis-server");
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = pick_ports(1)[0];
+            let mut node = Node::new(port, dir.path(), &[], password);
+            match node.start() {
+                Ok(()) => return RedisServer { node, dir },
+                Err(LaunchError::PortInUse(msg)) => last = msg,
+                Err(LaunchError::Failed(msg)) => panic!("larder-testkit: {msg}"),
+            }
+        }
+        panic!("larder-testkit: redis-server hit a port clash {START_ATTEMPTS} times; last: {last}")
+    }
+
+    /// The TCP port (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.node.port
+    }
+
+    /// `redis://127.0.0.1:PORT`, or `redis://:PASSWORD@127.0.0.1:PORT` with a password.
+    pub fn url(&self) -> String {
+        match self.node.password() {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port()),
+            None => format!("redis://127.0.0.1:{}", self.port()),
+        }
+    }
+
+    /// The password given to [`RedisServer::start_with_password`], if any.
+    pub fn password(&self) -> Option<&str> {
+        self.node.password()
+    }
+
+    /// The server's working directory (holds `redis.log`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Whether the process is running (false after [`RedisServer::stop`]).
+    pub fn is_running(&self) -> bool {
+        self.node.is_running()
+    }
+
+    /// SIGKILL the process and wait for it. All data is lost (`--save ""`).
+    pub fn stop(&mut self) {
+        self.node.kill();
+    }
+
+    /// Start again on the same port (killing the current process first if it still runs),
+    /// retrying for up to 10 s while the port is held, then wait for PONG.
+    pub fn restart(&mut self) {
+        self.node.kill();
+        self.node.restart_same_port(RESTART_PATIENCE);
+    }
+
+    /// `redis-cli -p PORT [-a pw --no-auth-warning] ARGS…`; trimmed stdout.
+    /// Panics (with stderr) if redis-cli exits non-zero, e.g. when the server is down.
+    /// Note that redis-cli exits 0 on error *replies* (they are printed on stdout).
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|e| panic!("larder-testkit: {e}"))
+    }
+
+    /// Like [`RedisServer::cli`] but returns the failure instead of panicking.
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        try_cli(self.port(), self.password(), args, CLI_TIMEOUT)
+    }
+
+    /// `INFO commandstats` call count of `command` on this server (works with a password).
+    pub fn command_calls(&self, command: &str) -> u64 {
+        crate::parse_command_calls(&self.cli(&["info", "commandstats"]), command)
+    }
+
+    /// The last `lines` lines of this server's log since its latest (re)start.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.node.log_tail(lines)
+    }
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port())
+            .field("password", &self.password().map(|_| "***"))
+            .field("running", &self.is_running())
+            .field("dir", &self.dir())
+            .finish()
+    }
+}
