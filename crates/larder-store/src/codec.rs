@@ -162,7 +162,8 @@ pub fn decode_le_bytes_into(
     let mut tmp = Vec::with_capacity(dim);
     decode_into(dtype, dim, bytes, &mut tmp)?;
     out.reserve(4 * dim);
-    tmp.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    tmp.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
     Ok(())
 }
 
@@ -277,7 +278,10 @@ mod tests {
     #[test]
     fn i8_layout_is_scale_then_bytes() {
         let bytes = encode(Dtype::I8, 2, &[1.27, -0.635]).expect("encodes");
-        assert_eq!(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), 0.01);
+        assert_eq!(
+            f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            0.01
+        );
         assert_eq!(bytes[4] as i8, 127);
         assert_eq!(bytes[5] as i8, -64);
         // All-zero vectors stay all-zero rather than dividing by zero.

@@ -177,7 +177,8 @@ impl Store for EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot encode schema: {e}")))?;
         let ns = ns.to_owned();
         self.write(move |tx| {
-            tx.open_table(SCHEMAS)?.insert(ns.as_str(), json.as_slice())?;
+            tx.open_table(SCHEMAS)?
+                .insert(ns.as_str(), json.as_slice())?;
             Ok(())
         })
         .await

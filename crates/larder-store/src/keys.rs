@@ -41,7 +41,10 @@ mod tests {
 
     #[test]
     fn layout_matches_the_contract() {
-        assert_eq!(entity("users", "user:42"), b"larder:e:users:user:42".to_vec());
+        assert_eq!(
+            entity("users", "user:42"),
+            b"larder:e:users:user:42".to_vec()
+        );
         assert_eq!(schema("users"), "larder:ns:users");
         assert_eq!(entity_pattern("users"), "larder:e:users:*");
     }

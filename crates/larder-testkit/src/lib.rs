@@ -76,6 +76,3 @@ pub fn redis_available() -> bool {
     };
     ok(process::server_bin()) && ok(process::cli_bin())
 }
-
-#[cfg(test)]
-mod tests;

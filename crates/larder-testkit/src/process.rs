@@ -12,7 +12,8 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit for one `redis-cli` invocation.
 pub(crate) const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_MARKER: &str = "=== larder-testkit: starting redis-server";
-const INSTALL_HINT: &str = "install it (Debian/Ubuntu: `apt-get install -y redis-server redis-tools`) \
+const INSTALL_HINT: &str =
+    "install it (Debian/Ubuntu: `apt-get install -y redis-server redis-tools`) \
      or point LARDER_REDIS_SERVER / LARDER_REDIS_CLI at the binaries";
 
 /// The `redis-server` binary: `$LARDER_REDIS_SERVER` or `redis-server` from PATH.
@@ -98,7 +99,11 @@ pub(crate) fn cli_prefix(port: u16, password: Option<&str>) -> Vec<String> {
         port.to_string(),
     ];
     if let Some(pw) = password {
-        v.extend(["-a".to_owned(), pw.to_owned(), "--no-auth-warning".to_owned()]);
+        v.extend([
+            "-a".to_owned(),
+            pw.to_owned(),
+            "--no-auth-warning".to_owned(),
+        ]);
     }
     v
 }
@@ -233,7 +238,9 @@ impl Node {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(child) = self.child.as_mut() else {
-                return Err(LaunchError::Failed("redis-server is not running".to_owned()));
+                return Err(LaunchError::Failed(
+                    "redis-server is not running".to_owned(),
+                ));
             };
             let pid = child.id();
             if let Ok(Some(status)) = child.try_wait() {
@@ -254,7 +261,10 @@ impl Node {
             let t = Duration::from_secs(2);
             if try_cli(self.port, pw, &["ping"], t).is_ok_and(|s| s == "PONG") {
                 let info = try_cli(self.port, pw, &["info", "server"], t).unwrap_or_default();
-                if info.lines().any(|l| l.trim() == format!("process_id:{pid}")) {
+                if info
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"))
+                {
                     return Ok(());
                 }
             }

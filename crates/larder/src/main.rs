@@ -1,1 +1,73 @@
-fn main() {}
+//! The `larder` binary: `serve` runs the HTTP server, `bench` drives load against one.
+//! `main` only parses arguments and hands off; every command lives in its own module.
+
+mod bench;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "larder",
+    version,
+    about = "Pre-computed AI data, served in milliseconds"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the HTTP server.
+    Serve(serve::ServeArgs),
+    /// Load generators that print req/s, values/s and latency percentiles.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                error.exit();
+            }
+            // One clear line naming the flag and what was expected, as scripts rely on.
+            let rendered = error.render().to_string();
+            let line = rendered.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{line}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,larder=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
+        }
+    });
+    std::process::exit(code);
+}

@@ -94,7 +94,11 @@ impl Batcher {
             let mut cursor: u64 = 0;
             loop {
                 let mut cmd = redis::cmd("SCAN");
-                cmd.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000);
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000);
                 count_round_trip();
                 let (next, batch): (u64, Vec<Vec<u8>>) = match (self, &node) {
                     (Batcher::Single(conn), _) => cmd.query_async(&mut conn.clone()).await?,
@@ -230,7 +234,9 @@ impl ClusterBatcher {
         }
         answers
             .into_iter()
-            .map(|a| a.ok_or_else(|| StoreError::Unavailable("cluster batch lost an answer".into())))
+            .map(|a| {
+                a.ok_or_else(|| StoreError::Unavailable("cluster batch lost an answer".into()))
+            })
             .collect()
     }
 }

@@ -103,7 +103,10 @@ mod tests {
     fn slots_match_redis() {
         // Values from `redis-cli cluster keyslot`.
         assert_eq!(slot_for_key(b"foo"), 12182);
-        assert_eq!(slot_for_key(b"{user1000}.following"), slot_for_key(b"user1000"));
+        assert_eq!(
+            slot_for_key(b"{user1000}.following"),
+            slot_for_key(b"user1000")
+        );
         assert_eq!(slot_for_key(b"123456789"), 12739);
     }
 }

@@ -1,0 +1,262 @@
+//! Server configuration: one TOML file, then `LARDER_*` environment variables, then CLI flags
+//! (later wins). Nested keys use `__` in the environment: `LARDER_LIMITS__MAX_LOOKUP_KEYS`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// `embedded`, `redis://…`, `rediss://…`, `redis-cluster://h:p,h:p`, `rediss-cluster://…`.
+    pub store: String,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
+    /// Keep the embedded store in memory only.
+    pub ephemeral: bool,
+    /// Allow binding a non-loopback address with no auth tokens configured.
+    pub allow_unauthenticated: bool,
+    pub limits: Limits,
+    pub auth: Auth,
+    pub timeouts: Timeouts,
+    pub breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_lookup_keys: usize,
+    pub max_upsert_entities: usize,
+}
+
+/// Bearer tokens. With none configured, `/v1` is open (and the server binds loopback only
+/// unless `allow_unauthenticated` is set).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Tokens that may read and write.
+    pub write_tokens: Vec<String>,
+    /// Tokens that may only read (GET and batch lookup).
+    pub read_tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Redis connect timeout.
+    pub connect_ms: u64,
+    /// Redis per-command response timeout.
+    pub response_ms: u64,
+    /// A batch lookup that takes longer answers degraded (fallback vectors).
+    pub lookup_ms: u64,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub shutdown_ms: u64,
+}
+
+/// Circuit breaker in front of the store's lookup path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long it stays open before one trial call is let through.
+    pub open_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            store: "embedded".into(),
+            data_dir: PathBuf::from("./larder-data"),
+            ephemeral: false,
+            allow_unauthenticated: false,
+            limits: Limits::default(),
+            auth: Auth::default(),
+            timeouts: Timeouts::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_lookup_keys: 1000,
+            max_upsert_entities: 1000,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 1000,
+            response_ms: 1000,
+            lookup_ms: 500,
+            shutdown_ms: 10_000,
+        }
+    }
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_ms: 2000,
+        }
+    }
+}
+
+/// Values given on the command line; `None` means "not given".
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+}
+
+/// A config error, already phrased for a one-line message on stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults, then `file` (if given), then `LARDER_*`, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError(format!(
+                    "--config: file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("LARDER_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.store;
+        let known = s == "embedded"
+            || [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|p| s.starts_with(p));
+        if !known {
+            return Err(ConfigError(format!(
+                "--store: expected embedded, redis://host:port, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…, got {s:?}"
+            )));
+        }
+        let l = &self.limits;
+        if l.max_body_bytes == 0 || l.max_lookup_keys == 0 || l.max_upsert_entities == 0 {
+            return Err(ConfigError("limits: every limit must be at least 1".into()));
+        }
+        let no_tokens = self.auth.write_tokens.is_empty() && self.auth.read_tokens.is_empty();
+        if no_tokens && !self.listen.ip().is_loopback() && !self.allow_unauthenticated {
+            return Err(ConfigError(format!(
+                "--listen: {} is not a loopback address and no auth tokens are configured; set auth.write_tokens or allow_unauthenticated = true",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn store_options(&self) -> larder_store::StoreOptions {
+        larder_store::StoreOptions {
+            data_dir: self.data_dir.clone(),
+            ephemeral: self.ephemeral,
+            connect_timeout: Duration::from_millis(self.timeouts.connect_ms),
+            response_timeout: Duration::from_millis(self.timeouts.response_ms),
+        }
+    }
+}
+
+/// figment's errors name the key and what was wrong; put them on one line with the flag name.
+fn describe(error: figment::Error) -> String {
+    let key = error.path.join(".");
+    let flag = match key.as_str() {
+        "listen" => "--listen".to_owned(),
+        "store" => "--store".to_owned(),
+        "data_dir" => "--data-dir".to_owned(),
+        "" => "config".to_owned(),
+        other => other.to_owned(),
+    };
+    let message = error.to_string().replace('\n', " ");
+    format!("{flag}: {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_sources_win_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("larder.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nstore = \"redis://127.0.0.1:1\"\n[limits]\nmax_lookup_keys = 5\n",
+        )
+        .expect("write config");
+        let config = Config::load(
+            Some(&file),
+            Overrides {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+                ..Overrides::default()
+            },
+        )
+        .expect("valid config");
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.store, "redis://127.0.0.1:1");
+        assert_eq!(config.limits.max_lookup_keys, 5);
+
+        std::fs::write(&file, "[limits]\nmax_lookup_keys = \"many\"\n").expect("write");
+        let error = Config::load(Some(&file), Overrides::default()).expect_err("bad type");
+        assert!(error.0.contains("max_lookup_keys"), "{}", error.0);
+
+        let error = Config::load(
+            None,
+            Overrides {
+                store: Some("mysql://x".into()),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("bad store");
+        assert!(error.0.starts_with("--store:"), "{}", error.0);
+
+        let error = Config::load(
+            None,
+            Overrides {
+                listen: Some(SocketAddr::from(([0, 0, 0, 0], 7878))),
+                ..Overrides::default()
+            },
+        )
+        .expect_err("public bind without tokens");
+        assert!(error.0.starts_with("--listen:"), "{}", error.0);
+    }
+}

@@ -1,0 +1,93 @@
+//! The one place where errors become HTTP responses:
+//! `{"error": {"code": "<snake_case>", "message": "<sentence>"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use larder_store::codec::CodecError;
+use larder_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    /// A schema change that would invalidate stored data (409, code `bad_request`).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    UnknownField(String),
+    #[error("{0}")]
+    DimensionMismatch(String),
+    #[error("{0}")]
+    NonFinite(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnknownField(_) => (StatusCode::BAD_REQUEST, "unknown_field"),
+            ApiError::DimensionMismatch(_) => (StatusCode::BAD_REQUEST, "dimension_mismatch"),
+            ApiError::NonFinite(_) => (StatusCode::BAD_REQUEST, "non_finite"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_request"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// A codec error about the value at `path` (e.g. `entities[3].fields.clip`).
+    pub fn codec(path: &str, error: CodecError) -> ApiError {
+        match error {
+            CodecError::DimensionMismatch { .. } => {
+                ApiError::DimensionMismatch(format!("{path}: {error}"))
+            }
+            CodecError::NonFinite { .. } => ApiError::NonFinite(format!("{path}: {error}")),
+            CodecError::BadLength { .. } => ApiError::Internal(format!("{path}: {error}")),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+            StoreError::Codec(e) => ApiError::codec("stored value", e),
+            StoreError::Corrupt { .. } | StoreError::Config(_) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, code, "request failed");
+        }
+        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        (status, body).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

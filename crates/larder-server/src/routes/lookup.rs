@@ -1,0 +1,288 @@
+//! `POST /v1/namespaces/{ns}/lookup`: batch lookup answered as JSON or safetensors.
+//!
+//! When the store fails, times out, or the circuit breaker is open, the lookup still answers
+//! 200 with the namespace's fallback vectors (else zeros), `degraded: true`, the
+//! `X-Larder-Degraded: 1` header and every row marked not present.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use larder_store::codec::{self, Dtype};
+use larder_store::{FieldSpec, NamespaceSchema, Row};
+use serde::ser::{SerializeMap, SerializeStruct};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiPath, JsonBody};
+use crate::metrics::names;
+use crate::routes::entities::check_key;
+use crate::routes::namespaces::check_namespace_name;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupRequest {
+    keys: Vec<String>,
+    #[serde(default)]
+    fields: Option<Vec<String>>,
+    #[serde(default)]
+    dtype: OutDtype,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum OutDtype {
+    #[default]
+    F32,
+    Stored,
+}
+
+/// What the store answered, or the fallback when it could not.
+struct Answer<'a> {
+    keys: &'a [String],
+    fields: Vec<(&'a str, FieldSpec)>,
+    rows: Vec<Row>,
+    /// Per field: stored bytes of the vector served in degraded mode.
+    fallback: Option<Vec<Vec<u8>>>,
+}
+
+impl Answer<'_> {
+    /// The bytes for (row, field), and whether they are real.
+    fn cell(&self, row: usize, field: usize) -> (Option<&[u8]>, bool) {
+        if let Some(fallback) = &self.fallback {
+            return (Some(&fallback[field]), false);
+        }
+        match &self.rows[row] {
+            Some(values) => match values[field].as_deref() {
+                Some(bytes) => (Some(bytes), true),
+                None => (None, false),
+            },
+            None => (None, false),
+        }
+    }
+}
+
+pub async fn lookup(
+    State(state): State<AppState>,
+    ApiPath(ns): ApiPath<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<LookupRequest>,
+) -> ApiResult<Response> {
+    check_namespace_name(&ns)?;
+    let max = state.config.limits.max_lookup_keys;
+    if req.keys.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "{} keys in one lookup; the limit is {max}",
+            req.keys.len()
+        )));
+    }
+    for key in &req.keys {
+        check_key(key)?;
+    }
+    let schema = state.schema(&ns).await?;
+    let names: Vec<String> = match req.fields {
+        Some(fields) => fields,
+        None => schema.fields.keys().cloned().collect(),
+    };
+    let fields = names
+        .iter()
+        .map(|name| {
+            schema
+                .fields
+                .get(name)
+                .map(|spec| (name.as_str(), *spec))
+                .ok_or_else(|| ApiError::UnknownField(format!("namespace has no field {name:?}")))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    metrics::counter!(names::LOOKUP_KEYS).increment(req.keys.len() as u64);
+
+    let rows = fetch(&state, &ns, &req.keys, &names).await;
+    let answer = Answer {
+        keys: &req.keys,
+        fallback: match rows {
+            Some(_) => None,
+            None => Some(fallback_bytes(&schema, &fields)?),
+        },
+        rows: rows.unwrap_or_default(),
+        fields,
+    };
+    let binary = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/octet-stream"));
+    let mut response = if binary {
+        let body = safetensors_body(&answer, req.dtype)?;
+        ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+    } else {
+        let body = serde_json::to_vec(&JsonAnswer(&answer))
+            .map_err(|e| ApiError::Internal(format!("cannot encode answer: {e}")))?;
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    if answer.fallback.is_some() {
+        response
+            .headers_mut()
+            .insert("x-larder-degraded", HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+/// Ask the store unless the breaker is open; `None` means "answer degraded".
+async fn fetch(state: &AppState, ns: &str, keys: &[String], fields: &[String]) -> Option<Vec<Row>> {
+    if !state.breaker.allow() {
+        metrics::counter!(names::DEGRADED, "reason" => "breaker_open").increment(1);
+        return None;
+    }
+    let timeout = Duration::from_millis(state.config.timeouts.lookup_ms);
+    match tokio::time::timeout(timeout, state.store.lookup(ns, keys, fields)).await {
+        Ok(Ok(rows)) => {
+            state.breaker.record(true);
+            Some(rows)
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, ns, "lookup failed; answering degraded");
+            metrics::counter!(names::DEGRADED, "reason" => "store_error").increment(1);
+            state.breaker.record(false);
+            None
+        }
+        Err(_) => {
+            tracing::warn!(ns, ?timeout, "lookup timed out; answering degraded");
+            metrics::counter!(names::DEGRADED, "reason" => "timeout").increment(1);
+            state.breaker.record(false);
+            None
+        }
+    }
+}
+
+fn fallback_bytes(
+    schema: &NamespaceSchema,
+    fields: &[(&str, FieldSpec)],
+) -> ApiResult<Vec<Vec<u8>>> {
+    fields
+        .iter()
+        .map(|(name, spec)| {
+            let zeros;
+            let values = match schema.fallback.get(*name) {
+                Some(v) => v.as_slice(),
+                None => {
+                    zeros = vec![0f32; spec.dim];
+                    &zeros
+                }
+            };
+            codec::encode(spec.dtype, spec.dim, values)
+                .map_err(|e| ApiError::codec(&format!("fallback.{name}"), e))
+        })
+        .collect()
+}
+
+struct JsonAnswer<'a>(&'a Answer<'a>);
+struct JsonRow<'a>(&'a Answer<'a>, usize);
+
+impl Serialize for JsonAnswer<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let a = self.0;
+        let missing: Vec<&str> = match a.fallback {
+            Some(_) => Vec::new(),
+            None => a
+                .keys
+                .iter()
+                .zip(&a.rows)
+                .filter(|(_, row)| row.is_none())
+                .map(|(k, _)| k.as_str())
+                .collect(),
+        };
+        let rows: Vec<JsonRow> = (0..a.keys.len()).map(|i| JsonRow(a, i)).collect();
+        let mut out = s.serialize_struct("Answer", 3)?;
+        out.serialize_field("results", &rows)?;
+        out.serialize_field("missing", &missing)?;
+        out.serialize_field("degraded", &a.fallback.is_some())?;
+        out.end()
+    }
+}
+
+impl Serialize for JsonRow<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let JsonRow(a, row) = *self;
+        let mut fields = HashMap::with_capacity(a.fields.len());
+        let mut values = Vec::new();
+        for (f, (name, spec)) in a.fields.iter().enumerate() {
+            let decoded = match a.cell(row, f).0 {
+                Some(bytes) => {
+                    values.clear();
+                    codec::decode_into(spec.dtype, spec.dim, bytes, &mut values)
+                        .map_err(serde::ser::Error::custom)?;
+                    Some(values.clone())
+                }
+                None => None,
+            };
+            fields.insert(*name, decoded);
+        }
+        let mut out = s.serialize_map(Some(2))?;
+        out.serialize_entry("key", &a.keys[row])?;
+        out.serialize_entry("fields", &fields)?;
+        out.end()
+    }
+}
+
+/// One safetensors file: per field `F` `[n, dim]`, `F.present` `[n]` U8, and for stored i8
+/// `F.scale` `[n]` F32. Rows are in request order, zeros where absent.
+fn safetensors_body(a: &Answer, dtype: OutDtype) -> ApiResult<Vec<u8>> {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype as St;
+
+    let n = a.keys.len();
+    let mut buffers: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (f, (name, spec)) in a.fields.iter().enumerate() {
+        let stored = dtype == OutDtype::Stored;
+        let elem = if stored { spec.dtype.element_size() } else { 4 };
+        let row_len = elem * spec.dim;
+        let mut data = Vec::with_capacity(n * row_len);
+        let mut present = Vec::with_capacity(n);
+        let mut scales = Vec::with_capacity(if stored { 4 * n } else { 0 });
+        for row in 0..n {
+            let (bytes, real) = a.cell(row, f);
+            present.push(u8::from(real));
+            let start = data.len();
+            match bytes {
+                Some(bytes) if stored => {
+                    let (scale, raw) = codec::split_stored(spec.dtype, spec.dim, bytes)
+                        .map_err(|e| ApiError::codec(name, e))?;
+                    data.extend_from_slice(raw);
+                    scales.extend_from_slice(&scale.to_le_bytes());
+                }
+                Some(bytes) => codec::decode_le_bytes_into(spec.dtype, spec.dim, bytes, &mut data)
+                    .map_err(|e| ApiError::codec(name, e))?,
+                None => scales.extend_from_slice(&0f32.to_le_bytes()),
+            }
+            data.resize(start + row_len, 0);
+        }
+        let st = if stored {
+            match spec.dtype {
+                Dtype::F32 => St::F32,
+                Dtype::F16 => St::F16,
+                Dtype::Bf16 => St::BF16,
+                Dtype::I8 => St::I8,
+            }
+        } else {
+            St::F32
+        };
+        buffers.push((name.to_string(), st, vec![n, spec.dim], data));
+        buffers.push((format!("{name}.present"), St::U8, vec![n], present));
+        if stored && spec.dtype == Dtype::I8 {
+            buffers.push((format!("{name}.scale"), St::F32, vec![n], scales));
+        }
+    }
+    let views = buffers
+        .iter()
+        .map(|(name, st, shape, data)| {
+            TensorView::new(*st, shape.clone(), data)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| ApiError::Internal(format!("safetensors view {name}: {e}")))
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let metadata = HashMap::from([("degraded".to_owned(), a.fallback.is_some().to_string())]);
+    safetensors::tensor::serialize(views, Some(metadata))
+        .map_err(|e| ApiError::Internal(format!("safetensors: {e}")))
+}

@@ -1,0 +1,45 @@
+//! The router: one thin handler file per resource.
+
+pub mod entities;
+pub mod lookup;
+pub mod namespaces;
+pub mod ops;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use axum::{middleware, Router};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/namespaces", get(namespaces::list))
+        .route(
+            "/v1/namespaces/{ns}",
+            put(namespaces::put).get(namespaces::get),
+        )
+        .route("/v1/namespaces/{ns}/entities", post(entities::upsert))
+        .route(
+            "/v1/namespaces/{ns}/entities/{key}",
+            get(entities::get).delete(entities::delete),
+        )
+        .route("/v1/namespaces/{ns}/lookup", post(lookup::lookup))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::require_token,
+        ));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this route".into())
+        })
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .route_layer(middleware::from_fn(crate::metrics::track))
+        .with_state(state)
+}

@@ -1,0 +1,46 @@
+//! `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the store answers a ping within the response timeout.
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let timeout = Duration::from_millis(state.config.timeouts.response_ms);
+    match tokio::time::timeout(timeout, state.store.ping()).await {
+        Ok(Ok(())) => Ok(Json(
+            json!({"status": "ready", "store": state.store.backend()}),
+        )),
+        Ok(Err(error)) => Err(ApiError::Unavailable(format!(
+            "store is not answering: {error}"
+        ))),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "store did not answer a ping within {timeout:?}"
+        ))),
+    }
+}
+
+pub async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+}

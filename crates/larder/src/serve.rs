@@ -1,0 +1,91 @@
+//! `larder serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+use larder_server::config::{Config, Overrides};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config file. Keys: listen, store, data_dir, ephemeral, allow_unauthenticated,
+    /// [limits] max_body_bytes/max_lookup_keys/max_upsert_entities,
+    /// [auth] write_tokens/read_tokens, [timeouts] connect_ms/response_ms/lookup_ms/shutdown_ms,
+    /// [breaker] failure_threshold/open_ms. Every key can be set as LARDER_<KEY>
+    /// (nested: LARDER_LIMITS__MAX_LOOKUP_KEYS). Flags win over the environment, which wins
+    /// over the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [env: LARDER_LISTEN] [default: 127.0.0.1:7878]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// embedded | redis://[user:pass@]host:port[/db] | rediss://… |
+    /// redis-cluster://host:port,host:port,… | rediss-cluster://… [env: LARDER_STORE]
+    /// [default: embedded]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Data directory of the embedded store [env: LARDER_DATA_DIR] [default: ./larder-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep the embedded store in memory only [env: LARDER_EPHEMERAL]
+    #[arg(long)]
+    ephemeral: bool,
+}
+
+pub async fn run(args: ServeArgs) -> i32 {
+    let overrides = Overrides {
+        listen: args.listen,
+        store: args.store,
+        data_dir: args.data_dir,
+        ephemeral: args.ephemeral,
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(error) => {
+            eprintln!("error: --listen: cannot bind {}: {error}", config.listen);
+            return 2;
+        }
+    };
+    match larder_server::run(listener, config, shutdown_signal()).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
