@@ -33,7 +33,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Start 6 nodes, create the cluster and wait until every node reports `cluster_state:ok`,
     /// every node's `CLUSTER SLOTS` is identical (all 16384 slots, 3 primaries with one replica
-    /// each) and every node's `CLUSTER NODES` shows 3 primaries and 3 replicas. Takes ~3 s;
+    /// each) and every node's `CLUSTER NODES` shows 3 primaries and 3 replicas. Takes ~3-4 s;
     /// panics after 30 s with the last observed state.
     pub fn start() -> RedisCluster {
         let root = tempfile::Builder::new()

@@ -44,14 +44,25 @@ pub use server::RedisServer;
 
 use std::time::Duration;
 
-/// Calls of `command` counted by `INFO commandstats` on the (password-less) server at `port`,
+/// Calls of `command` counted by `INFO commandstats` on the password-less server at `port`
+/// (use [`RedisServer::command_calls`] for one with a password),
 /// parsed from `cmdstat_<command>:calls=N,…`; 0 if the command was never called. The command
 /// name is case-insensitive; subcommands use Redis' `cluster|info` form. Panics if the server
 /// does not answer.
 pub fn command_calls(port: u16, command: &str) -> u64 {
     let stats = process::try_cli(port, None, &["info", "commandstats"], process::CLI_TIMEOUT)
         .unwrap_or_else(|e| panic!("larder-testkit: command_calls: {e}"));
-    parse_command_calls(&stats, command)
+    checked_command_calls(port, &stats, command)
+}
+
+/// [`parse_command_calls`], panicking when the reply is not `INFO commandstats` (e.g. NOAUTH,
+/// which redis-cli prints with exit code 0).
+pub(crate) fn checked_command_calls(port: u16, stats: &str, command: &str) -> u64 {
+    assert!(
+        stats.contains("# Commandstats"),
+        "larder-testkit: `INFO commandstats` on port {port} did not answer with stats: {stats}"
+    );
+    parse_command_calls(stats, command)
 }
 
 /// Parse `INFO commandstats` output for the calls of `command` (0 if absent).

@@ -58,10 +58,11 @@ impl RedisServer {
         self.node.port
     }
 
-    /// `redis://127.0.0.1:PORT`, or `redis://:PASSWORD@127.0.0.1:PORT` with a password.
+    /// `redis://127.0.0.1:PORT`, or `redis://:PASSWORD@127.0.0.1:PORT` with a password
+    /// (percent-encoded where needed, e.g. a space becomes `%20`).
     pub fn url(&self) -> String {
         match self.node.password() {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}", self.port()),
+            Some(pw) => format!("redis://:{}@127.0.0.1:{}", percent_encode(pw), self.port()),
             None => format!("redis://127.0.0.1:{}", self.port()),
         }
     }
@@ -108,13 +109,26 @@ impl RedisServer {
 
     /// `INFO commandstats` call count of `command` on this server (works with a password).
     pub fn command_calls(&self, command: &str) -> u64 {
-        crate::parse_command_calls(&self.cli(&["info", "commandstats"]), command)
+        crate::checked_command_calls(self.port(), &self.cli(&["info", "commandstats"]), command)
     }
 
     /// The last `lines` lines of this server's log since its latest (re)start.
     pub fn log_tail(&self, lines: usize) -> String {
         self.node.log_tail(lines)
     }
+}
+
+/// Percent-encode everything but RFC 3986 unreserved characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl std::fmt::Debug for RedisServer {
@@ -125,5 +139,49 @@ impl std::fmt::Debug for RedisServer {
             .field("running", &self.is_running())
             .field("dir", &self.dir())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::time::Instant;
+
+    #[test]
+    fn a_foreign_server_on_the_port_is_a_port_clash_not_a_false_pong() {
+        let other = RedisServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut node = Node::new(other.port(), dir.path(), &[], None);
+        match node.start() {
+            Err(LaunchError::PortInUse(msg)) => assert!(msg.contains("Address already in use")),
+            Err(LaunchError::Failed(msg)) => panic!("expected a port clash, got: {msg}"),
+            Ok(()) => panic!("took the PONG of another server for ours"),
+        }
+        assert!(!node.is_running());
+    }
+
+    #[test]
+    fn percent_encodes_passwords() {
+        assert_eq!(percent_encode("abc-_.~XYZ09"), "abc-_.~XYZ09");
+        assert_eq!(percent_encode("p w@:/%é"), "p%20w%40%3A%2F%25%C3%A9");
+    }
+
+    #[test]
+    fn restart_waits_for_a_held_port() {
+        let mut redis = RedisServer::start();
+        let port = redis.port();
+        redis.stop();
+        let squatter = TcpListener::bind(("127.0.0.1", port)).expect("squat on the port");
+        let t = Instant::now();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            drop(squatter);
+        });
+        redis.restart();
+        assert!(t.elapsed() >= Duration::from_millis(1400));
+        assert_eq!(redis.port(), port);
+        assert_eq!(redis.cli(&["ping"]), "PONG");
+        release.join().expect("release thread");
     }
 }

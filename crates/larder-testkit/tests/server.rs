@@ -30,9 +30,10 @@ fn start_and_ping() {
 #[test]
 fn password_is_required() {
     let redis = RedisServer::start_with_password("s3cret pw");
+    assert_eq!(redis.password(), Some("s3cret pw"));
     assert_eq!(
         redis.url(),
-        format!("redis://:s3cret pw@127.0.0.1:{}", redis.port())
+        format!("redis://:s3cret%20pw@127.0.0.1:{}", redis.port())
     );
     let port = redis.port().to_string();
     let out = std::process::Command::new("redis-cli")
@@ -45,6 +46,9 @@ fn password_is_required() {
     assert_eq!(redis.cli(&["ping"]), "PONG");
     redis.cli(&["set", "k", "v"]);
     assert_eq!(redis.command_calls("set"), 1);
+    // The password-less free function must not silently read NOAUTH as "0 calls".
+    let port = redis.port();
+    assert!(std::panic::catch_unwind(|| command_calls(port, "set")).is_err());
 }
 
 #[test]

@@ -28,7 +28,14 @@ pub struct Keyed {
     pub cmd: Cmd,
 }
 
-pub enum Batcher {
+pub struct Batcher {
+    pub topology: Topology,
+    /// Round trips (pipelines or single commands sent) by this store: for `/metrics` and the
+    /// one-trip-per-primary test.
+    trips: AtomicU64,
+}
+
+pub enum Topology {
     Single(ConnectionManager),
     Cluster(ClusterBatcher),
 }
@@ -39,53 +46,57 @@ pub struct ClusterBatcher {
     refreshing: tokio::sync::Mutex<()>,
 }
 
-/// Round trips (pipelines or single commands sent), for `/metrics` and the per-primary test.
-static ROUND_TRIPS: AtomicU64 = AtomicU64::new(0);
-
-/// Total round trips sent by every Redis store in this process.
-pub fn round_trips() -> u64 {
-    ROUND_TRIPS.load(Ordering::Relaxed)
-}
-
-fn count_round_trip() {
-    ROUND_TRIPS.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(crate::metered::ROUND_TRIPS).increment(1);
-}
-
 impl Batcher {
+    pub fn new(topology: Topology) -> Self {
+        Batcher {
+            topology,
+            trips: AtomicU64::new(0),
+        }
+    }
+
+    /// Round trips this store has sent.
+    pub fn round_trips(&self) -> u64 {
+        self.trips.load(Ordering::Relaxed)
+    }
+
+    fn count_round_trip(&self) {
+        self.trips.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(crate::metered::ROUND_TRIPS).increment(1);
+    }
+
     /// Send every command; answers in the order given.
     pub async fn run(&self, cmds: Vec<Keyed>) -> Result<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        match self {
-            Batcher::Single(conn) => {
+        match &self.topology {
+            Topology::Single(conn) => {
                 let mut pipe = redis::pipe();
                 for c in cmds {
                     pipe.add_command(c.cmd);
                 }
-                count_round_trip();
+                self.count_round_trip();
                 Ok(pipe.query_async(&mut conn.clone()).await?)
             }
-            Batcher::Cluster(cluster) => cluster.run(cmds).await,
+            Topology::Cluster(cluster) => cluster.run(cmds, self).await,
         }
     }
 
     /// One command to a single arbitrary node (standalone: the server).
     pub async fn one(&self, cmd: Cmd) -> Result<Value> {
-        count_round_trip();
-        Ok(match self {
-            Batcher::Single(conn) => cmd.query_async(&mut conn.clone()).await?,
-            Batcher::Cluster(cluster) => cmd.query_async(&mut cluster.conn.clone()).await?,
+        self.count_round_trip();
+        Ok(match &self.topology {
+            Topology::Single(conn) => cmd.query_async(&mut conn.clone()).await?,
+            Topology::Cluster(cluster) => cmd.query_async(&mut cluster.conn.clone()).await?,
         })
     }
 
     /// Every key matching `pattern`, from every primary.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
-        let nodes: Vec<Option<NodeAddr>> = match self {
-            Batcher::Single(_) => vec![None],
-            Batcher::Cluster(cluster) => {
-                cluster.refresh().await?;
+        let nodes: Vec<Option<NodeAddr>> = match &self.topology {
+            Topology::Single(_) => vec![None],
+            Topology::Cluster(cluster) => {
+                cluster.refresh(self).await?;
                 cluster.table().nodes.iter().cloned().map(Some).collect()
             }
         };
@@ -99,10 +110,10 @@ impl Batcher {
                     .arg(pattern)
                     .arg("COUNT")
                     .arg(1000);
-                count_round_trip();
-                let (next, batch): (u64, Vec<Vec<u8>>) = match (self, &node) {
-                    (Batcher::Single(conn), _) => cmd.query_async(&mut conn.clone()).await?,
-                    (Batcher::Cluster(cluster), Some(addr)) => {
+                self.count_round_trip();
+                let (next, batch): (u64, Vec<Vec<u8>>) = match (&self.topology, &node) {
+                    (Topology::Single(conn), _) => cmd.query_async(&mut conn.clone()).await?,
+                    (Topology::Cluster(cluster), Some(addr)) => {
                         let value = cluster
                             .conn
                             .clone()
@@ -110,7 +121,7 @@ impl Batcher {
                             .await?;
                         redis::from_redis_value(value)?
                     }
-                    (Batcher::Cluster(_), None) => unreachable!("cluster nodes are always named"),
+                    (Topology::Cluster(_), None) => unreachable!("cluster nodes are always named"),
                 };
                 keys.extend(batch);
                 cursor = next;
@@ -131,15 +142,19 @@ fn by_address(addr: &NodeAddr) -> SingleNodeRoutingInfo {
 }
 
 impl ClusterBatcher {
-    pub async fn new(conn: ClusterConnection) -> Result<Self> {
-        let batcher = ClusterBatcher {
+    /// A batcher for `conn`, with the slot map loaded.
+    pub async fn connect(conn: ClusterConnection) -> Result<Batcher> {
+        let cluster = ClusterBatcher {
             conn,
             table: RwLock::new(Arc::new(SlotTable::from_cluster_slots(&Value::Array(
                 vec![],
             ))?)),
             refreshing: tokio::sync::Mutex::new(()),
         };
-        batcher.refresh().await?;
+        let batcher = Batcher::new(Topology::Cluster(cluster));
+        if let Topology::Cluster(cluster) = &batcher.topology {
+            cluster.refresh(&batcher).await?;
+        }
         Ok(batcher)
     }
 
@@ -152,13 +167,13 @@ impl ClusterBatcher {
     }
 
     /// Reload the slot map. Concurrent callers share one refresh.
-    async fn refresh(&self) -> Result<()> {
+    async fn refresh(&self, counter: &Batcher) -> Result<()> {
         let Ok(_guard) = self.refreshing.try_lock() else {
             // Someone else is refreshing; wait for them and use their result.
             let _ = self.refreshing.lock().await;
             return Ok(());
         };
-        count_round_trip();
+        counter.count_round_trip();
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(&mut self.conn.clone())
@@ -171,7 +186,7 @@ impl ClusterBatcher {
         Ok(())
     }
 
-    async fn run(&self, cmds: Vec<Keyed>) -> Result<Vec<Value>> {
+    async fn run(&self, cmds: Vec<Keyed>, counter: &Batcher) -> Result<Vec<Value>> {
         let table = self.table();
         // Group command indices by owning node; unknown owners go straight to the fallback.
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); table.nodes.len()];
@@ -194,7 +209,7 @@ impl ClusterBatcher {
                 let mut conn = self.conn.clone();
                 let route = by_address(&table.nodes[node]);
                 async move {
-                    count_round_trip();
+                    counter.count_round_trip();
                     let out = conn.route_pipeline(pipe, 0, idx.len(), route).await;
                     (idx, out)
                 }
@@ -217,14 +232,14 @@ impl ClusterBatcher {
         }
         if !retry.is_empty() {
             // Topology may have changed. A failed refresh is fine: routing by key still works.
-            if let Err(error) = self.refresh().await {
+            if let Err(error) = self.refresh(counter).await {
                 tracing::warn!(%error, "cluster slot map refresh failed");
             }
             let resend = retry.iter().map(|&i| {
                 let mut conn = self.conn.clone();
                 let cmd = &cmds[i].cmd;
                 async move {
-                    count_round_trip();
+                    counter.count_round_trip();
                     (i, cmd.query_async::<Value>(&mut conn).await)
                 }
             });

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
-pub use batcher::{round_trips, Batcher, ClusterBatcher, Keyed};
+pub use batcher::{Batcher, ClusterBatcher, Keyed, Topology};
 
 use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
 
@@ -32,7 +32,7 @@ impl RedisStore {
             .set_number_of_retries(2);
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(RedisStore {
-            batcher: Batcher::Single(conn),
+            batcher: Batcher::new(Topology::Single(conn)),
         })
     }
 
@@ -47,8 +47,15 @@ impl RedisStore {
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
         let conn = client.get_async_connection().await?;
         Ok(RedisStore {
-            batcher: Batcher::Cluster(ClusterBatcher::new(conn).await?),
+            batcher: ClusterBatcher::connect(conn).await?,
         })
+    }
+}
+
+impl RedisStore {
+    /// Round trips this store has sent to Redis.
+    pub fn round_trips(&self) -> u64 {
+        self.batcher.round_trips()
     }
 }
 
@@ -103,9 +110,9 @@ fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
 #[async_trait]
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
-        match self.batcher {
-            Batcher::Single(_) => "redis",
-            Batcher::Cluster(_) => "redis-cluster",
+        match self.batcher.topology {
+            Topology::Single(_) => "redis",
+            Topology::Cluster(_) => "redis-cluster",
         }
     }
 

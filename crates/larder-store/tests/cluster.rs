@@ -1,0 +1,174 @@
+//! Redis Cluster specifics on a real 3-primary/3-replica cluster: key spread, one pipelined
+//! round trip per primary for a batch lookup, and failover.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use larder_store::codec::{self, Dtype};
+use larder_store::redis_backend::RedisStore;
+use larder_store::{EntityWrite, FieldSpec, NamespaceSchema, Store, StoreOptions};
+use larder_testkit::{command_calls, RedisCluster};
+
+async fn loaded(cluster: &RedisCluster, n: usize) -> (RedisStore, Vec<String>) {
+    let store = RedisStore::connect_cluster(&cluster.url(), &StoreOptions::default())
+        .await
+        .expect("open cluster store");
+    let schema = NamespaceSchema {
+        fields: BTreeMap::from([(
+            "v".to_owned(),
+            FieldSpec {
+                dim: 8,
+                dtype: Dtype::F32,
+            },
+        )]),
+        ttl_seconds: None,
+        fallback: BTreeMap::new(),
+    };
+    store.put_schema("items", &schema).await.expect("schema");
+    let keys: Vec<String> = (0..n).map(|i| format!("item:{i}")).collect();
+    for chunk in keys.chunks(1000) {
+        let writes = chunk
+            .iter()
+            .map(|k| EntityWrite {
+                key: k.clone(),
+                fields: vec![(
+                    "v".into(),
+                    codec::encode(Dtype::F32, 8, &[1.0; 8]).expect("enc"),
+                )],
+            })
+            .collect();
+        store.upsert("items", None, writes).await.expect("upsert");
+    }
+    (store, keys)
+}
+
+fn dbsize(cluster: &RedisCluster, port: u16) -> i64 {
+    cluster.cli(port, &["DBSIZE"]).parse().expect("dbsize")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_spread_and_a_batch_costs_one_round_trip_per_primary() {
+    let cluster = RedisCluster::start();
+    let (store, keys) = loaded(&cluster, 10_000).await;
+
+    // 10k entities spread across the 3 primaries within ±15% of the mean.
+    let primaries = cluster.primaries();
+    assert_eq!(primaries.len(), 3);
+    let sizes: Vec<i64> = primaries.iter().map(|p| dbsize(&cluster, *p)).collect();
+    let total: i64 = sizes.iter().sum();
+    assert!(total >= 10_000, "all entities stored: {sizes:?}");
+    let mean = total as f64 / 3.0;
+    for size in &sizes {
+        assert!(
+            (*size as f64 - mean).abs() <= 0.15 * mean,
+            "uneven spread {sizes:?}"
+        );
+    }
+
+    // A 1,000-key lookup: one pipeline per primary, each HMGET served by its owner only.
+    let before_calls: Vec<u64> = primaries
+        .iter()
+        .map(|p| command_calls(*p, "hmget"))
+        .collect();
+    let before_trips = store.round_trips();
+    let batch = &keys[..1000];
+    let rows = store
+        .lookup("items", batch, &["v".to_owned()])
+        .await
+        .expect("lookup");
+    let trips = store.round_trips() - before_trips;
+    assert!(rows.iter().all(|r| r.is_some()), "every key found");
+    let calls: Vec<u64> = primaries
+        .iter()
+        .zip(&before_calls)
+        .map(|(p, before)| command_calls(*p, "hmget") - before)
+        .collect();
+    assert_eq!(
+        calls.iter().sum::<u64>(),
+        1000,
+        "one HMGET per key, no retries: {calls:?}"
+    );
+    assert!(
+        calls.iter().all(|c| *c > 250),
+        "every primary served its share: {calls:?}"
+    );
+    for replica in cluster.replicas() {
+        assert_eq!(command_calls(replica, "hmget"), 0, "replicas are not read");
+    }
+    assert_eq!(trips, 3, "one round trip per primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_recover_after_a_primary_fails_over() {
+    let mut cluster = RedisCluster::start();
+    let (store, keys) = loaded(&cluster, 300).await;
+    let victim = cluster.primaries()[0];
+    cluster.kill_node(victim);
+    assert!(
+        cluster.wait_healthy(Duration::from_secs(30)),
+        "replica promoted"
+    );
+    // Data written before the kill was replicated (asynchronously); wait until the promoted
+    // replica answers for every key, as a client would retry.
+    let mut found = 0;
+    for _ in 0..100 {
+        match store.lookup("items", &keys, &["v".to_owned()]).await {
+            Ok(rows) => {
+                found = rows.iter().filter(|r| r.is_some()).count();
+                if found == keys.len() {
+                    break;
+                }
+            }
+            Err(error) => eprintln!("lookup during failover: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(found, keys.len(), "every key answered after failover");
+    cluster.restart_node(victim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_follow_moved_slots_while_resharding() {
+    let cluster = RedisCluster::start();
+    let (store, keys) = loaded(&cluster, 1000).await;
+    // Move 2,000 slots from one primary to another behind the store's back: its slot map is
+    // now stale, so its pipelines meet MOVED and must be re-routed.
+    let primaries = cluster.primaries();
+    let from = cluster.cli(primaries[0], &["CLUSTER", "MYID"]);
+    let to = cluster.cli(primaries[1], &["CLUSTER", "MYID"]);
+    let output = std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", primaries[0]),
+        ])
+        .args(["--cluster-from", &from, "--cluster-to", &to])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .output()
+        .expect("run redis-cli --cluster reshard");
+    assert!(
+        output.status.success(),
+        "reshard: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows = store
+        .lookup("items", &keys, &["v".to_owned()])
+        .await
+        .expect("lookup");
+    assert!(
+        rows.iter().all(|r| r.is_some()),
+        "every key found after resharding"
+    );
+    // The slot map was refreshed: the next batch is one trip per primary again.
+    let before = store.round_trips();
+    let rows = store
+        .lookup("items", &keys, &["v".to_owned()])
+        .await
+        .expect("lookup");
+    assert!(rows.iter().all(|r| r.is_some()));
+    assert_eq!(
+        store.round_trips() - before,
+        3,
+        "back to one trip per primary"
+    );
+}
