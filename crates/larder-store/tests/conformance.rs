@@ -256,7 +256,10 @@ async fn redis_standalone() {
         .cli(&["TTL", "larder:e:users2:user:42"])
         .parse()
         .expect("ttl");
-    assert!(ttl > 0 && ttl <= 60, "namespace TTL is the hash's TTL, got {ttl}");
+    assert!(
+        ttl > 0 && ttl <= 60,
+        "namespace TTL is the hash's TTL, got {ttl}"
+    );
     assert_eq!(
         server.cli(&["TTL", "larder:e:users:user:42"]),
         "-1",
