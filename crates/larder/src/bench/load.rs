@@ -1,0 +1,80 @@
+//! The closed-loop load driver shared by every `larder bench` command: `concurrency` workers
+//! send requests back to back until the deadline, each recording latency into its own
+//! HDR histogram; the histograms are merged at the end.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+pub struct Report {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    pub latency_us: Histogram<u64>,
+}
+
+impl Report {
+    pub fn per_second(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn ms(&self, quantile: f64) -> f64 {
+        self.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+    }
+}
+
+/// Run `request(worker, i)` from `concurrency` workers for `duration`. A request returns
+/// `Ok(())` or an error text; errors are counted (and the first few printed), not fatal.
+pub async fn drive<F, Fut>(concurrency: usize, duration: Duration, request: F) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    match request(worker, i).await {
+                        Ok(()) => {
+                            ok += 1;
+                            hist.saturating_record(t.elapsed().as_micros() as u64);
+                        }
+                        Err(error) => {
+                            if errors < 3 {
+                                eprintln!("request failed: {error}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                    i += 1;
+                }
+                (hist, ok, errors)
+            })
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .expect("static histogram bounds are valid");
+    let (mut requests, mut errors) = (0, 0);
+    for worker in workers {
+        if let Ok((hist, ok, err)) = worker.await {
+            latency_us.add(&hist).ok();
+            requests += ok;
+            errors += err;
+        }
+    }
+    Report {
+        requests,
+        errors,
+        elapsed: start.elapsed(),
+        latency_us,
+    }
+}

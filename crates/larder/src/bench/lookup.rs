@@ -1,0 +1,203 @@
+//! `larder bench lookup`: creates a namespace with one `dim`-d f32 field, upserts
+//! `--entities` random vectors (with a progress bar), then runs batch lookups of `--keys`
+//! random keys and prints req/s, values/s and p50/p99/p999.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde_json::json;
+
+use super::load::drive;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Format {
+    Safetensors,
+    Json,
+}
+
+#[derive(Args)]
+pub struct LookupArgs {
+    /// Base URL of a running `larder serve`.
+    #[arg(long, default_value = "http://127.0.0.1:7878")]
+    url: String,
+    /// Namespace to create and load (its field is named `v`).
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Keys per lookup request (1 = one lookup per key).
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// Vector dimension.
+    #[arg(long, default_value_t = 768)]
+    dim: usize,
+    /// Entities to load before measuring.
+    #[arg(long, default_value_t = 10_000)]
+    entities: usize,
+    /// Skip loading (reuse what an earlier run loaded).
+    #[arg(long)]
+    no_load: bool,
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    format: Format,
+    /// Concurrent requests in flight.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "LARDER_TOKEN")]
+    token: Option<String>,
+}
+
+fn request(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &Option<String>,
+) -> reqwest::RequestBuilder {
+    let req = client.request(method, url);
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
+async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), String> {
+    let ns_url = format!("{}/v1/namespaces/{}", args.url, args.namespace);
+    let resp = request(
+        client,
+        reqwest::Method::PUT,
+        format!("{ns_url}?force=true"),
+        &args.token,
+    )
+    .json(&json!({"fields": {"v": {"dim": args.dim, "dtype": "f32"}}}))
+    .send()
+    .await
+    .map_err(|e| format!("cannot reach {}: {e}", args.url))?;
+    if !resp.status().is_success() {
+        return Err(format!(
+            "create namespace: {}",
+            resp.text().await.unwrap_or_default()
+        ));
+    }
+    let bar = ProgressBar::new(args.entities as u64).with_style(
+        ProgressStyle::with_template(
+            "loading {bar:40} {pos}/{len} entities ({per_sec}, eta {eta})",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let mut rng = rand::rng();
+    let chunk = (4_000_000 / (args.dim * 12).max(1)).clamp(1, 1000);
+    let mut start = 0;
+    while start < args.entities {
+        let end = (start + chunk).min(args.entities);
+        let entities: Vec<_> = (start..end)
+            .map(|i| {
+                let v: Vec<f32> = (0..args.dim)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                json!({"key": format!("k{i}"), "fields": {"v": v}})
+            })
+            .collect();
+        let resp = request(
+            client,
+            reqwest::Method::POST,
+            format!("{ns_url}/entities"),
+            &args.token,
+        )
+        .json(&json!({ "entities": entities }))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("upsert: {}", resp.text().await.unwrap_or_default()));
+        }
+        bar.inc((end - start) as u64);
+        start = end;
+    }
+    bar.finish();
+    Ok(())
+}
+
+pub async fn run(args: LookupArgs) -> Result<(), String> {
+    if args.keys == 0 || args.concurrency == 0 || args.dim == 0 || args.entities == 0 {
+        return Err("--keys, --concurrency, --dim and --entities must be at least 1".into());
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()
+        .map_err(|e| e.to_string())?;
+    if !args.no_load {
+        load(&args, &client).await?;
+    }
+    let url = Arc::new(format!(
+        "{}/v1/namespaces/{}/lookup",
+        args.url, args.namespace
+    ));
+    let accept = match args.format {
+        Format::Safetensors => "application/octet-stream",
+        Format::Json => "application/json",
+    };
+    let (keys, entities, token) = (args.keys, args.entities, Arc::new(args.token.clone()));
+    let report = drive(
+        args.concurrency,
+        Duration::from_secs(args.duration),
+        move |_, _| {
+            let (client, url, token) = (client.clone(), url.clone(), token.clone());
+            async move {
+                let body = {
+                    let mut rng = rand::rng();
+                    let keys: Vec<String> = (0..keys)
+                        .map(|_| format!("k{}", rng.random_range(0..entities)))
+                        .collect();
+                    json!({ "keys": keys })
+                };
+                let resp = request(&client, reqwest::Method::POST, url.to_string(), &token)
+                    .header("accept", accept)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let degraded = resp.headers().contains_key("x-larder-degraded");
+                let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() || degraded {
+                    return Err(format!(
+                        "{status} degraded={degraded} {}",
+                        String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                    ));
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let values = report.requests * args.keys as u64;
+    println!(
+        "lookup format={} keys={} dim={} concurrency={}: {} requests, {} errors in {:.1}s",
+        match args.format {
+            Format::Safetensors => "safetensors",
+            Format::Json => "json",
+        },
+        args.keys,
+        args.dim,
+        args.concurrency,
+        report.requests,
+        report.errors,
+        report.elapsed.as_secs_f64()
+    );
+    println!(
+        "req/s={:.0} values/s={:.0} p50={:.2}ms p99={:.2}ms p999={:.2}ms",
+        report.per_second(report.requests),
+        report.per_second(values),
+        report.ms(0.5),
+        report.ms(0.99),
+        report.ms(0.999)
+    );
+    if report.requests == 0 {
+        return Err("no request succeeded".into());
+    }
+    Ok(())
+}
