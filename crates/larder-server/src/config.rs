@@ -22,6 +22,8 @@ pub struct Config {
     pub ephemeral: bool,
     /// Allow binding a non-loopback address with no auth tokens configured.
     pub allow_unauthenticated: bool,
+    /// Multiplexed connections to each Redis node.
+    pub redis_connections: usize,
     pub limits: Limits,
     pub auth: Auth,
     pub timeouts: Timeouts,
@@ -78,6 +80,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./larder-data"),
             ephemeral: false,
             allow_unauthenticated: false,
+            redis_connections: 8,
             limits: Limits::default(),
             auth: Auth::default(),
             timeouts: Timeouts::default(),
@@ -192,6 +195,7 @@ impl Config {
             ephemeral: self.ephemeral,
             connect_timeout: Duration::from_millis(self.timeouts.connect_ms),
             response_timeout: Duration::from_millis(self.timeouts.response_ms),
+            connections: self.redis_connections.max(1),
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct StoreOptions {
     /// Connect timeout and per-command response timeout for Redis.
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Multiplexed connections per Redis node.
+    pub connections: usize,
 }
 
 impl Default for StoreOptions {
@@ -94,6 +96,7 @@ impl Default for StoreOptions {
             ephemeral: false,
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
+            connections: 8,
         }
     }
 }

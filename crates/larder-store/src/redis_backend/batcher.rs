@@ -36,8 +36,30 @@ pub struct Batcher {
 }
 
 pub enum Topology {
-    Single(ConnectionManager),
+    Single(Pool),
     Cluster(ClusterBatcher),
+}
+
+/// A few multiplexed connections used round-robin. One multiplexed connection funnels every
+/// concurrent request through one socket and one Redis client buffer; measured with
+/// `larder bench lookup` (100 keys x 768-d), a small pool moves several times more values/s.
+pub struct Pool {
+    conns: Vec<ConnectionManager>,
+    next: AtomicU64,
+}
+
+impl Pool {
+    pub fn new(conns: Vec<ConnectionManager>) -> Self {
+        Pool {
+            conns,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.conns.len();
+        self.conns[i].clone()
+    }
 }
 
 pub struct ClusterBatcher {
@@ -76,7 +98,7 @@ impl Batcher {
                     pipe.add_command(c.cmd);
                 }
                 self.count_round_trip();
-                Ok(pipe.query_async(&mut conn.clone()).await?)
+                Ok(pipe.query_async(&mut conn.get()).await?)
             }
             Topology::Cluster(cluster) => cluster.run(cmds, self).await,
         }
@@ -86,7 +108,7 @@ impl Batcher {
     pub async fn one(&self, cmd: Cmd) -> Result<Value> {
         self.count_round_trip();
         Ok(match &self.topology {
-            Topology::Single(conn) => cmd.query_async(&mut conn.clone()).await?,
+            Topology::Single(conn) => cmd.query_async(&mut conn.get()).await?,
             Topology::Cluster(cluster) => cmd.query_async(&mut cluster.conn.clone()).await?,
         })
     }
@@ -112,7 +134,7 @@ impl Batcher {
                     .arg(1000);
                 self.count_round_trip();
                 let (next, batch): (u64, Vec<Vec<u8>>) = match (&self.topology, &node) {
-                    (Topology::Single(conn), _) => cmd.query_async(&mut conn.clone()).await?,
+                    (Topology::Single(conn), _) => cmd.query_async(&mut conn.get()).await?,
                     (Topology::Cluster(cluster), Some(addr)) => {
                         let value = cluster
                             .conn

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
-pub use batcher::{Batcher, ClusterBatcher, Keyed, Topology};
+pub use batcher::{Batcher, ClusterBatcher, Keyed, Pool, Topology};
 
 use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
 
@@ -30,9 +30,12 @@ impl RedisStore {
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let mut conns = Vec::with_capacity(options.connections);
+        for _ in 0..options.connections.max(1) {
+            conns.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+        }
         Ok(RedisStore {
-            batcher: Batcher::new(Topology::Single(conn)),
+            batcher: Batcher::new(Topology::Single(Pool::new(conns))),
         })
     }
 
