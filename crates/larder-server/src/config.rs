@@ -24,6 +24,8 @@ pub struct Config {
     pub allow_unauthenticated: bool,
     /// Multiplexed connections to each Redis node.
     pub redis_connections: usize,
+    /// `grouped` (one pipeline per primary) or `per-command` (concurrent single commands).
+    pub cluster_batch: larder_store::redis_backend::ClusterBatch,
     pub limits: Limits,
     pub auth: Auth,
     pub timeouts: Timeouts,
@@ -81,6 +83,7 @@ impl Default for Config {
             ephemeral: false,
             allow_unauthenticated: false,
             redis_connections: 8,
+            cluster_batch: Default::default(),
             limits: Limits::default(),
             auth: Auth::default(),
             timeouts: Timeouts::default(),
@@ -196,6 +199,7 @@ impl Config {
             connect_timeout: Duration::from_millis(self.timeouts.connect_ms),
             response_timeout: Duration::from_millis(self.timeouts.response_ms),
             connections: self.redis_connections.max(1),
+            cluster_batch: self.cluster_batch,
         }
     }
 }

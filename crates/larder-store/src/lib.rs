@@ -87,6 +87,8 @@ pub struct StoreOptions {
     pub response_timeout: Duration,
     /// Multiplexed connections per Redis node.
     pub connections: usize,
+    /// How a cluster batch is sent (see [`redis_backend::ClusterBatch`]).
+    pub cluster_batch: redis_backend::ClusterBatch,
 }
 
 impl Default for StoreOptions {
@@ -97,6 +99,7 @@ impl Default for StoreOptions {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
             connections: 8,
+            cluster_batch: redis_backend::ClusterBatch::Grouped,
         }
     }
 }

@@ -62,8 +62,22 @@ impl Pool {
     }
 }
 
+/// How a cluster batch is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterBatch {
+    /// One pipeline per owning primary, all in parallel (the default; faster, see
+    /// `docs/ARCHITECTURE.md`).
+    #[default]
+    Grouped,
+    /// Every command sent concurrently on redis-rs's multiplexed cluster connection, which
+    /// pipelines what is queued per node by itself.
+    PerCommand,
+}
+
 pub struct ClusterBatcher {
     conn: ClusterConnection,
+    strategy: ClusterBatch,
     table: RwLock<Arc<SlotTable>>,
     refreshing: tokio::sync::Mutex<()>,
 }
@@ -165,9 +179,10 @@ fn by_address(addr: &NodeAddr) -> SingleNodeRoutingInfo {
 
 impl ClusterBatcher {
     /// A batcher for `conn`, with the slot map loaded.
-    pub async fn connect(conn: ClusterConnection) -> Result<Batcher> {
+    pub async fn connect(conn: ClusterConnection, strategy: ClusterBatch) -> Result<Batcher> {
         let cluster = ClusterBatcher {
             conn,
+            strategy,
             table: RwLock::new(Arc::new(SlotTable::from_cluster_slots(&Value::Array(
                 vec![],
             ))?)),
@@ -213,6 +228,11 @@ impl ClusterBatcher {
         // Group command indices by owning node; unknown owners go straight to the fallback.
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); table.nodes.len()];
         let mut orphans = Vec::new();
+        if self.strategy == ClusterBatch::PerCommand {
+            return self
+                .per_command((0..cmds.len()).collect(), &cmds, counter)
+                .await;
+        }
         for (i, c) in cmds.iter().enumerate() {
             match table.owner(slot_for_key(&c.key)) {
                 Some(node) => groups[node].push(i),
@@ -257,16 +277,9 @@ impl ClusterBatcher {
             if let Err(error) = self.refresh(counter).await {
                 tracing::warn!(%error, "cluster slot map refresh failed");
             }
-            let resend = retry.iter().map(|&i| {
-                let mut conn = self.conn.clone();
-                let cmd = &cmds[i].cmd;
-                async move {
-                    counter.count_round_trip();
-                    (i, cmd.query_async::<Value>(&mut conn).await)
-                }
-            });
-            for (i, out) in join_all(resend).await {
-                answers[i] = Some(out?);
+            let values = self.per_command(retry.clone(), &cmds, counter).await?;
+            for (i, v) in retry.into_iter().zip(values) {
+                answers[i] = Some(v);
             }
         }
         answers
@@ -274,6 +287,29 @@ impl ClusterBatcher {
             .map(|a| {
                 a.ok_or_else(|| StoreError::Unavailable("cluster batch lost an answer".into()))
             })
+            .collect()
+    }
+
+    /// Send `which` commands one by one, concurrently, through redis-rs's cluster routing
+    /// (which follows MOVED/ASK and reconnects); answers in the order of `which`.
+    async fn per_command(
+        &self,
+        which: Vec<usize>,
+        cmds: &[Keyed],
+        counter: &Batcher,
+    ) -> Result<Vec<Value>> {
+        let sends = which.into_iter().map(|i| {
+            let mut conn = self.conn.clone();
+            let cmd = &cmds[i].cmd;
+            async move {
+                counter.count_round_trip();
+                cmd.query_async::<Value>(&mut conn).await
+            }
+        });
+        join_all(sends)
+            .await
+            .into_iter()
+            .map(|out| out.map_err(StoreError::from))
             .collect()
     }
 }

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
-pub use batcher::{Batcher, ClusterBatcher, Keyed, Pool, Topology};
+pub use batcher::{Batcher, ClusterBatch, ClusterBatcher, Keyed, Pool, Topology};
 
 use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
 
@@ -50,7 +50,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
         let conn = client.get_async_connection().await?;
         Ok(RedisStore {
-            batcher: ClusterBatcher::connect(conn).await?,
+            batcher: ClusterBatcher::connect(conn, options.cluster_batch).await?,
         })
     }
 }
