@@ -4,13 +4,12 @@
 //! 200 with the namespace's fallback vectors (else zeros), `degraded: true`, the
 //! `X-Larder-Degraded: 1` header and every row marked not present.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use larder_store::codec::{self, Dtype};
+use larder_store::codec;
 use larder_store::{FieldSpec, NamespaceSchema, Row};
 use serde::ser::{SerializeMap, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
@@ -21,6 +20,8 @@ use crate::metrics::names;
 use crate::routes::entities::check_key;
 use crate::routes::namespaces::check_namespace_name;
 use crate::state::AppState;
+
+mod safetensors;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,7 +115,7 @@ pub async fn lookup(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/octet-stream"));
     let mut response = if binary {
-        let body = safetensors_body(&answer, req.dtype)?;
+        let body = safetensors::encode(&answer, req.dtype == OutDtype::Stored)?;
         ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
     } else {
         let body = serde_json::to_vec(&JsonAnswer(&answer))
@@ -205,84 +206,37 @@ impl Serialize for JsonAnswer<'_> {
 impl Serialize for JsonRow<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let JsonRow(a, row) = *self;
-        let mut fields = HashMap::with_capacity(a.fields.len());
-        let mut values = Vec::new();
-        for (f, (name, spec)) in a.fields.iter().enumerate() {
-            let decoded = match a.cell(row, f).0 {
-                Some(bytes) => {
-                    values.clear();
-                    codec::decode_into(spec.dtype, spec.dim, bytes, &mut values)
-                        .map_err(serde::ser::Error::custom)?;
-                    Some(values.clone())
-                }
-                None => None,
-            };
-            fields.insert(*name, decoded);
-        }
         let mut out = s.serialize_map(Some(2))?;
         out.serialize_entry("key", &a.keys[row])?;
-        out.serialize_entry("fields", &fields)?;
+        out.serialize_entry("fields", &JsonFields(a, row))?;
         out.end()
     }
 }
 
-/// One safetensors file: per field `F` `[n, dim]`, `F.present` `[n]` U8, and for stored i8
-/// `F.scale` `[n]` F32. Rows are in request order, zeros where absent.
-fn safetensors_body(a: &Answer, dtype: OutDtype) -> ApiResult<Vec<u8>> {
-    use safetensors::tensor::TensorView;
-    use safetensors::Dtype as St;
+/// `{"field": [values] | null, ...}`, decoding each vector straight into the output.
+struct JsonFields<'a>(&'a Answer<'a>, usize);
+struct JsonVector<'a>(FieldSpec, &'a [u8]);
 
-    let n = a.keys.len();
-    let mut buffers: Vec<(String, St, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (f, (name, spec)) in a.fields.iter().enumerate() {
-        let stored = dtype == OutDtype::Stored;
-        let elem = if stored { spec.dtype.element_size() } else { 4 };
-        let row_len = elem * spec.dim;
-        let mut data = Vec::with_capacity(n * row_len);
-        let mut present = Vec::with_capacity(n);
-        let mut scales = Vec::with_capacity(if stored { 4 * n } else { 0 });
-        for row in 0..n {
-            let (bytes, real) = a.cell(row, f);
-            present.push(u8::from(real));
-            let start = data.len();
-            match bytes {
-                Some(bytes) if stored => {
-                    let (scale, raw) = codec::split_stored(spec.dtype, spec.dim, bytes)
-                        .map_err(|e| ApiError::codec(name, e))?;
-                    data.extend_from_slice(raw);
-                    scales.extend_from_slice(&scale.to_le_bytes());
-                }
-                Some(bytes) => codec::decode_le_bytes_into(spec.dtype, spec.dim, bytes, &mut data)
-                    .map_err(|e| ApiError::codec(name, e))?,
-                None => scales.extend_from_slice(&0f32.to_le_bytes()),
-            }
-            data.resize(start + row_len, 0);
+impl Serialize for JsonFields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let JsonFields(a, row) = *self;
+        let mut out = s.serialize_map(Some(a.fields.len()))?;
+        for (f, (name, spec)) in a.fields.iter().enumerate() {
+            out.serialize_entry(
+                name,
+                &a.cell(row, f).0.map(|bytes| JsonVector(*spec, bytes)),
+            )?;
         }
-        let st = if stored {
-            match spec.dtype {
-                Dtype::F32 => St::F32,
-                Dtype::F16 => St::F16,
-                Dtype::Bf16 => St::BF16,
-                Dtype::I8 => St::I8,
-            }
-        } else {
-            St::F32
-        };
-        buffers.push((name.to_string(), st, vec![n, spec.dim], data));
-        buffers.push((format!("{name}.present"), St::U8, vec![n], present));
-        if stored && spec.dtype == Dtype::I8 {
-            buffers.push((format!("{name}.scale"), St::F32, vec![n], scales));
-        }
+        out.end()
     }
-    let views = buffers
-        .iter()
-        .map(|(name, st, shape, data)| {
-            TensorView::new(*st, shape.clone(), data)
-                .map(|view| (name.clone(), view))
-                .map_err(|e| ApiError::Internal(format!("safetensors view {name}: {e}")))
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    let metadata = HashMap::from([("degraded".to_owned(), a.fallback.is_some().to_string())]);
-    safetensors::tensor::serialize(views, Some(metadata))
-        .map_err(|e| ApiError::Internal(format!("safetensors: {e}")))
+}
+
+impl Serialize for JsonVector<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let JsonVector(spec, bytes) = *self;
+        let mut values = Vec::with_capacity(spec.dim);
+        codec::decode_into(spec.dtype, spec.dim, bytes, &mut values)
+            .map_err(serde::ser::Error::custom)?;
+        s.collect_seq(values)
+    }
 }
