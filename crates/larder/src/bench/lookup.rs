@@ -162,12 +162,22 @@ pub async fn run(args: LookupArgs) -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 let status = resp.status();
                 let degraded = resp.headers().contains_key("x-larder-degraded");
-                let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
                 if !status.is_success() || degraded {
+                    let text = resp.text().await.unwrap_or_default();
                     return Err(format!(
                         "{status} degraded={degraded} {}",
-                        String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+                        &text[..text.len().min(200)]
                     ));
+                }
+                // Read the body chunk by chunk without gathering it into one buffer: the client
+                // should cost as little CPU as possible on a machine it shares with the server.
+                let mut resp = resp;
+                let mut received = 0usize;
+                while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                    received += chunk.len();
+                }
+                if received == 0 {
+                    return Err("empty body".into());
                 }
                 Ok(())
             }
