@@ -55,6 +55,16 @@ impl ApiError {
         }
     }
 
+    /// `413 too_large` when a request carries more than `max` items.
+    pub fn check_limit(count: usize, max: usize, what: &str) -> ApiResult<()> {
+        if count > max {
+            return Err(ApiError::TooLarge(format!(
+                "{count} {what}; the limit is {max}"
+            )));
+        }
+        Ok(())
+    }
+
     /// A codec error about the value at `path` (e.g. `entities[3].fields.clip`).
     pub fn codec(path: &str, error: CodecError) -> ApiError {
         match error {

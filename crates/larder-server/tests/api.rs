@@ -103,6 +103,18 @@ fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
 
+/// The contract's error shape: this status, this code, and a message.
+#[track_caller]
+fn assert_error((status, body): (StatusCode, Value), expected: StatusCode, expected_code: &str) {
+    assert_eq!((status, code(&body)), (expected, expected_code), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "error has a message: {body}"
+    );
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
     let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
@@ -140,8 +152,11 @@ async fn contract(s: &TestServer) {
     let (status, body) = s.get("/v1/namespaces").await;
     assert_eq!(status, 200);
     assert_eq!(body["namespaces"][0]["name"], "users");
-    let (status, body) = s.get("/v1/namespaces/nobody").await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_error(
+        s.get("/v1/namespaces/nobody").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     // Upsert and read back: f32 exact, other dtypes within their bounds.
     let entities: Vec<Value> = (0..20)
@@ -312,52 +327,56 @@ async fn contract(s: &TestServer) {
         .await
         .expect("send");
     assert_eq!(resp.status(), 400);
-    let (status, body) = s
-        .post("/v1/namespaces/nobody/entities", json!({"entities": []}))
-        .await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (status, body) = s
-        .post(
+    assert_error(
+        s.post("/v1/namespaces/nobody/entities", json!({"entities": []}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        s.post(
             "/v1/namespaces/users/lookup",
             json!({"keys": ["a"], "fields": ["nope"]}),
         )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, "unknown_field")
+        .await,
+        StatusCode::BAD_REQUEST,
+        "unknown_field",
     );
     let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
-    let (status, body) = s
-        .post("/v1/namespaces/users/lookup", json!({"keys": keys}))
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    assert_error(
+        s.post("/v1/namespaces/users/lookup", json!({"keys": keys}))
+            .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
     );
-    let (status, body) = s
-        .put(
+    assert_error(
+        s.put(
             "/v1/namespaces/Bad.Name",
             json!({"fields": {"a": {"dim": 2, "dtype": "f32"}}}),
         )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, "bad_request")
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
     );
-    let (status, body) = s
-        .put(
+    assert_error(
+        s.put(
             "/v1/namespaces/x",
             json!({"fields": {"a": {"dim": 2, "dtype": "f64"}}}),
         )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::BAD_REQUEST, "bad_request")
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
     );
-    let (status, body) = s.get("/v1/namespaces/users/entities/ghost").await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (status, body) = s.get("/no/such/route").await;
-    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert_error(
+        s.get("/v1/namespaces/users/entities/ghost").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        s.get("/no/such/route").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
 
     // Schema changes: adding a field is fine; changing one needs force, which drops its data.
     let (status, body) = s
@@ -369,8 +388,11 @@ async fn contract(s: &TestServer) {
     assert_eq!(status, 200, "{body}");
     assert!(body["fields"]["a32"].is_object(), "existing fields kept");
     let change = json!({"fields": {"a16": {"dim": 4, "dtype": "f16"}}});
-    let (status, body) = s.put("/v1/namespaces/users", change.clone()).await;
-    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "bad_request"));
+    assert_error(
+        s.put("/v1/namespaces/users", change.clone()).await,
+        StatusCode::CONFLICT,
+        "bad_request",
+    );
     let (status, _) = s.put("/v1/namespaces/users?force=true", change).await;
     assert_eq!(status, 200);
     let (_, body) = s
@@ -524,20 +546,19 @@ async fn degraded_while_redis_is_down_and_back_after_restart() {
             .map(String::as_str),
         Some("true")
     );
-    let (status, body) = s.get("/readyz").await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    assert_error(
+        s.get("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
     );
-    let (status, body) = s
-        .post(
+    assert_error(
+        s.post(
             "/v1/namespaces/items/entities",
             json!({"entities": [{"key": "a", "fields": {"v": [1, 2, 3]}}]}),
         )
-        .await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
     );
 
     // Redis comes back (empty: it keeps nothing on disk); the same server answers again.
@@ -618,10 +639,10 @@ async fn body_limit_answers_413_json() {
     config.limits.max_body_bytes = 1024;
     let s = TestServer::start(config).await;
     let big = json!({"fields": {"v": {"dim": 2, "dtype": "f32"}}, "pad": "x".repeat(4096)});
-    let (status, body) = s.put("/v1/namespaces/n", big).await;
-    assert_eq!(
-        (status, code(&body)),
-        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    assert_error(
+        s.put("/v1/namespaces/n", big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
     );
     s.stop().await;
 }

@@ -89,13 +89,11 @@ pub async fn upsert(
     JsonBody(body): JsonBody<Upsert>,
 ) -> ApiResult<Json<Upserted>> {
     check_namespace_name(&ns)?;
-    let max = state.config.limits.max_upsert_entities;
-    if body.entities.len() > max {
-        return Err(ApiError::TooLarge(format!(
-            "{} entities in one upsert; the limit is {max}",
-            body.entities.len()
-        )));
-    }
+    ApiError::check_limit(
+        body.entities.len(),
+        state.config.limits.max_upsert_entities,
+        "entities in one upsert",
+    )?;
     let schema = state.schema(&ns).await?;
     let writes = encode_batch(&schema, body.entities)?;
     let upserted = writes.len();

@@ -73,13 +73,11 @@ pub async fn lookup(
     JsonBody(req): JsonBody<LookupRequest>,
 ) -> ApiResult<Response> {
     check_namespace_name(&ns)?;
-    let max = state.config.limits.max_lookup_keys;
-    if req.keys.len() > max {
-        return Err(ApiError::TooLarge(format!(
-            "{} keys in one lookup; the limit is {max}",
-            req.keys.len()
-        )));
-    }
+    ApiError::check_limit(
+        req.keys.len(),
+        state.config.limits.max_lookup_keys,
+        "keys in one lookup",
+    )?;
     for key in &req.keys {
         check_key(key)?;
     }
