@@ -268,6 +268,12 @@ async fn redis_standalone() {
 }
 
 #[tokio::test]
+async fn redis_over_tls() {
+    let server = RedisServer::start_tls();
+    conformance(open(&server.tls_url(), &StoreOptions::default()).await).await;
+}
+
+#[tokio::test]
 async fn redis_with_auth() {
     let server = RedisServer::start_with_password("s3cret");
     let store = open(&server.url(), &StoreOptions::default()).await;

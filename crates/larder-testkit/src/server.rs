@@ -21,6 +21,7 @@ pub struct RedisServer {
     // Field order matters: the node (process) is dropped before its directory.
     node: Node,
     dir: TempDir,
+    tls_port: Option<u16>,
 }
 
 impl RedisServer {
@@ -35,17 +36,64 @@ impl RedisServer {
         Self::start_inner(Some(password))
     }
 
+    /// A server that also listens for TLS on a second port, with a self-signed certificate
+    /// made by the `openssl` command. [`RedisServer::tls_url`] names that port.
+    pub fn start_tls() -> RedisServer {
+        Self::start_inner_with(None, true)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT/#insecure` (the certificate is self-signed, so clients are
+    /// told not to verify it). Panics when the server was not started with [`Self::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self
+            .tls_port
+            .expect("larder-testkit: tls_url needs RedisServer::start_tls");
+        format!("rediss://127.0.0.1:{port}/#insecure")
+    }
+
     fn start_inner(password: Option<&str>) -> RedisServer {
+        Self::start_inner_with(password, false)
+    }
+
+    fn start_inner_with(password: Option<&str>, tls: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("larder-redis-")
             .tempdir()
             .expect("larder-testkit: create a temp dir for redis-server");
+        if tls {
+            make_certificate(dir.path());
+        }
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            let port = pick_ports(1)[0];
-            let mut node = Node::new(port, dir.path(), &[], password);
+            let ports = pick_ports(if tls { 2 } else { 1 });
+            let port = ports[0];
+            let tls_port = ports.get(1).copied();
+            let tls_port_arg = tls_port.map(|p| p.to_string()).unwrap_or_default();
+            let extra: Vec<&str> = if tls {
+                vec![
+                    "--tls-port",
+                    &tls_port_arg,
+                    "--tls-cert-file",
+                    "cert.pem",
+                    "--tls-key-file",
+                    "key.pem",
+                    "--tls-ca-cert-file",
+                    "cert.pem",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+            } else {
+                Vec::new()
+            };
+            let mut node = Node::new(port, dir.path(), &extra, password);
             match node.start() {
-                Ok(()) => return RedisServer { node, dir },
+                Ok(()) => {
+                    return RedisServer {
+                        node,
+                        dir,
+                        tls_port,
+                    }
+                }
                 Err(LaunchError::PortInUse(msg)) => last = msg,
                 Err(LaunchError::Failed(msg)) => panic!("larder-testkit: {msg}"),
             }
@@ -184,4 +232,25 @@ mod tests {
         assert_eq!(redis.cli(&["ping"]), "PONG");
         release.join().expect("release thread");
     }
+}
+
+/// A self-signed certificate for 127.0.0.1 in `dir/cert.pem` and `dir/key.pem`.
+fn make_certificate(dir: &Path) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("larder-testkit: run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "larder-testkit: openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
