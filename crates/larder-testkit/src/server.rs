@@ -190,6 +190,27 @@ impl std::fmt::Debug for RedisServer {
     }
 }
 
+/// A self-signed certificate for 127.0.0.1 in `dir/cert.pem` and `dir/key.pem`.
+fn make_certificate(dir: &Path) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .expect("larder-testkit: run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "larder-testkit: openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,25 +253,4 @@ mod tests {
         assert_eq!(redis.cli(&["ping"]), "PONG");
         release.join().expect("release thread");
     }
-}
-
-/// A self-signed certificate for 127.0.0.1 in `dir/cert.pem` and `dir/key.pem`.
-fn make_certificate(dir: &Path) {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
-        .args(["-keyout", "key.pem", "-out", "cert.pem", "-days", "2"])
-        .args([
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .output()
-        .expect("larder-testkit: run openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "larder-testkit: openssl req failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
