@@ -342,6 +342,15 @@ async fn contract(s: &TestServer) {
         StatusCode::BAD_REQUEST,
         "unknown_field",
     );
+    assert_error(
+        s.post(
+            "/v1/namespaces/users/lookup",
+            json!({"keys": ["a"], "fields": ["a32", "a32"]}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
     let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
     assert_error(
         s.post("/v1/namespaces/users/lookup", json!({"keys": keys}))

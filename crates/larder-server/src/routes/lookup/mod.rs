@@ -86,6 +86,16 @@ pub async fn lookup(
         Some(fields) => fields,
         None => schema.fields.keys().cloned().collect(),
     };
+    if let Some(twice) = names
+        .iter()
+        .enumerate()
+        .find(|(i, name)| names[..*i].contains(name))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "field {:?} is listed twice",
+            twice.1
+        )));
+    }
     let fields = names
         .iter()
         .map(|name| {
