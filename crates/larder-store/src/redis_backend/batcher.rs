@@ -42,7 +42,8 @@ pub enum Topology {
 
 /// A few multiplexed connections used round-robin. One multiplexed connection funnels every
 /// concurrent request through one socket and one Redis client buffer; measured with
-/// `larder bench lookup` (100 keys x 768-d), a small pool moves several times more values/s.
+/// `larder bench lookup` (100 keys x 768-d, 50 clients), 8 connections moved 1.4x the values/s
+/// of one (220k vs 154k).
 pub struct Pool {
     conns: Vec<ConnectionManager>,
     next: AtomicU64,
@@ -118,7 +119,7 @@ impl Batcher {
         }
     }
 
-    /// One command to a single arbitrary node (standalone: the server).
+    /// One command (on a cluster, routed by its key by redis-rs).
     pub async fn one(&self, cmd: Cmd) -> Result<Value> {
         self.count_round_trip();
         Ok(match &self.topology {
