@@ -124,7 +124,17 @@ async fn lookups_recover_after_a_primary_fails_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(found, keys.len(), "every key answered after failover");
+    // The old primary comes back (as a replica); the same store keeps answering.
     cluster.restart_node(victim);
+    assert!(
+        cluster.wait_healthy(Duration::from_secs(30)),
+        "node rejoined"
+    );
+    let rows = store
+        .lookup("items", &keys, &["v".to_owned()])
+        .await
+        .expect("lookup after the node rejoined");
+    assert!(rows.iter().all(|r| r.is_some()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
