@@ -161,6 +161,7 @@ async fn lookups_follow_moved_slots_while_resharding() {
         "reshard: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let before = store.round_trips();
     let rows = store
         .lookup("items", &keys, &["v".to_owned()])
         .await
@@ -169,16 +170,89 @@ async fn lookups_follow_moved_slots_while_resharding() {
         rows.iter().all(|r| r.is_some()),
         "every key found after resharding"
     );
-    // The slot map was refreshed: the next batch is one trip per primary again.
+    let trips = store.round_trips() - before;
+    assert!(
+        trips <= 12,
+        "MOVED keys are re-sent as batches to their new owner, not key by key: {trips} trips"
+    );
+    // Once every node agrees on the new owners (gossip), the store's slot map converges and a
+    // batch is one trip per primary again.
+    assert!(cluster.wait_healthy(Duration::from_secs(30)), "nodes agree");
+    let mut trips = u64::MAX;
+    for _ in 0..10 {
+        let before = store.round_trips();
+        let rows = store
+            .lookup("items", &keys, &["v".to_owned()])
+            .await
+            .expect("lookup");
+        assert!(rows.iter().all(|r| r.is_some()));
+        trips = store.round_trips() - before;
+        if trips == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(trips, 3, "back to one trip per primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_follow_ask_during_a_slot_migration() {
+    let cluster = RedisCluster::start();
+    let (store, keys) = loaded(&cluster, 200).await;
+    // Put one key's slot half-way through a migration, as `redis-cli --cluster reshard` does:
+    // the source MIGRATING, the target IMPORTING, and the key already moved.
+    let redis_key = "larder:e:items:item:0";
+    let primaries = cluster.primaries();
+    let slot = cluster.cli(primaries[0], &["CLUSTER", "KEYSLOT", redis_key]);
+    let source = *primaries
+        .iter()
+        .find(|p| cluster.cli(**p, &["CLUSTER", "COUNTKEYSINSLOT", &slot]) != "0")
+        .expect("some primary holds the key");
+    let target = *primaries
+        .iter()
+        .find(|p| **p != source)
+        .expect("another primary");
+    let source_id = cluster.cli(source, &["CLUSTER", "MYID"]);
+    let target_id = cluster.cli(target, &["CLUSTER", "MYID"]);
+    cluster.cli(
+        target,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id],
+    );
+    cluster.cli(
+        source,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id],
+    );
+    let moved = cluster.cli(
+        source,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &target.to_string(),
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            redis_key,
+        ],
+    );
+    assert_eq!(moved, "OK");
+
     let before = store.round_trips();
     let rows = store
         .lookup("items", &keys, &["v".to_owned()])
         .await
-        .expect("lookup");
-    assert!(rows.iter().all(|r| r.is_some()));
+        .expect("lookup during the migration");
+    assert!(
+        rows.iter().all(|r| r.is_some()),
+        "the migrated key answers via ASK"
+    );
+    assert!(
+        store.round_trips() - before <= 5,
+        "ASK is followed for the one key only"
+    );
     assert_eq!(
-        store.round_trips() - before,
-        3,
-        "back to one trip per primary"
+        command_calls(target, "asking"),
+        1,
+        "one ASKING, on the importing node"
     );
 }

@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
-pub use batcher::{Batcher, ClusterBatch, ClusterBatcher, Keyed, Pool, Topology};
+pub use batcher::{Batcher, ClusterBatch, ClusterBatcher, Keyed, NodeConnector, Pool, Topology};
 
 use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
 
@@ -42,7 +42,10 @@ impl RedisStore {
     /// Redis Cluster from `redis-cluster://[user:pass@]host:port,host:port,…` (or
     /// `rediss-cluster://` for TLS): every listed node is a seed.
     pub async fn connect_cluster(url: &str, options: &StoreOptions) -> Result<Self> {
-        let seeds = cluster_seeds(url)?;
+        let (seeds, mut nodes) = cluster_seeds(url)?;
+        nodes.config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
         let client = ClusterClientBuilder::new(seeds)
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.response_timeout)
@@ -50,7 +53,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
         let conn = client.get_async_connection().await?;
         Ok(RedisStore {
-            batcher: ClusterBatcher::connect(conn, options.cluster_batch).await?,
+            batcher: ClusterBatcher::connect(conn, options.cluster_batch, nodes).await?,
         })
     }
 }
@@ -62,8 +65,9 @@ impl RedisStore {
     }
 }
 
-/// `redis-cluster://[auth@]h1:p1,h2:p2` → `["redis://[auth@]h1:p1", "redis://[auth@]h2:p2"]`.
-pub fn cluster_seeds(url: &str) -> Result<Vec<String>> {
+/// `redis-cluster://[auth@]h1:p1,h2:p2[/suffix]` → the seed URLs
+/// `["redis://[auth@]h1:p1[/suffix]", …]`, and how to reach any other node the same way.
+pub fn cluster_seeds(url: &str) -> Result<(Vec<String>, NodeConnector)> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis-cluster://") {
         ("redis", rest)
     } else if let Some(rest) = url.strip_prefix("rediss-cluster://") {
@@ -77,18 +81,29 @@ pub fn cluster_seeds(url: &str) -> Result<Vec<String>> {
         Some((auth, hosts)) => (format!("{auth}@"), hosts),
         None => (String::new(), rest),
     };
-    let hosts = hosts.trim_end_matches('/');
+    // Anything after the host list (`/`, `/#insecure`) applies to every node.
+    let (hosts, suffix) = match hosts.find('/') {
+        Some(i) => (&hosts[..i], hosts[i..].to_owned()),
+        None => (hosts, String::new()),
+    };
+    let suffix = if suffix == "/" { String::new() } else { suffix };
     let seeds: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
-        .map(|h| format!("{scheme}://{auth}{h}"))
+        .map(|h| format!("{scheme}://{auth}{h}{suffix}"))
         .collect();
     if seeds.is_empty() {
         return Err(StoreError::Config(format!(
             "{url:?} names no seed nodes: expected redis-cluster://host:port,host:port"
         )));
     }
-    Ok(seeds)
+    let nodes = NodeConnector {
+        scheme: scheme.to_owned(),
+        auth,
+        suffix,
+        config: redis::AsyncConnectionConfig::new(),
+    };
+    Ok((seeds, nodes))
 }
 
 fn keyed(key: Vec<u8>, cmd: Cmd) -> Keyed {
@@ -296,12 +311,28 @@ mod tests {
     #[test]
     fn cluster_urls() {
         assert_eq!(
-            cluster_seeds("redis-cluster://a:1,b:2").expect("valid"),
+            cluster_seeds("redis-cluster://a:1,b:2").expect("valid").0,
             vec!["redis://a:1", "redis://b:2"]
         );
         assert_eq!(
-            cluster_seeds("rediss-cluster://u:p@a:1,b:2/").expect("valid"),
+            cluster_seeds("rediss-cluster://u:p@a:1,b:2/")
+                .expect("valid")
+                .0,
             vec!["rediss://u:p@a:1", "rediss://u:p@b:2"]
+        );
+        let (seeds, nodes) =
+            cluster_seeds("rediss-cluster://:pw@a:1,b:2/#insecure").expect("valid");
+        assert_eq!(
+            seeds,
+            vec!["rediss://:pw@a:1/#insecure", "rediss://:pw@b:2/#insecure"]
+        );
+        assert_eq!(
+            (
+                nodes.scheme.as_str(),
+                nodes.auth.as_str(),
+                nodes.suffix.as_str()
+            ),
+            ("rediss", ":pw@", "/#insecure")
         );
         assert!(cluster_seeds("redis-cluster://").is_err());
     }
