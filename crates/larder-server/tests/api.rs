@@ -459,27 +459,28 @@ async fn contract(s: &TestServer) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contract_on_embedded() {
-    let s = TestServer::on("embedded").await;
+/// The whole contract against a fresh server on `store`.
+async fn contract_on(store: &str) {
+    let s = TestServer::on(store).await;
     contract(&s).await;
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_on_embedded() {
+    contract_on("embedded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_on_redis() {
     let redis = RedisServer::start();
-    let s = TestServer::on(&redis.url()).await;
-    contract(&s).await;
-    s.stop().await;
+    contract_on(&redis.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_on_redis_cluster() {
     let cluster = RedisCluster::start();
-    let s = TestServer::on(&cluster.url()).await;
-    contract(&s).await;
-    s.stop().await;
+    contract_on(&cluster.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
