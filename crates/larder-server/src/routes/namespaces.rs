@@ -73,12 +73,15 @@ pub async fn put(
             )));
         }
     }
-    let existing = state.store.get_schema(&ns).await?;
-    let mut schema = existing.clone().unwrap_or(NamespaceSchema {
-        fields: BTreeMap::new(),
-        ttl_seconds: None,
-        fallback: BTreeMap::new(),
-    });
+    let mut schema = state
+        .store
+        .get_schema(&ns)
+        .await?
+        .unwrap_or(NamespaceSchema {
+            fields: BTreeMap::new(),
+            ttl_seconds: None,
+            fallback: BTreeMap::new(),
+        });
     let mut changed = Vec::new();
     for (name, spec) in &body.fields {
         if let Some(old) = schema.fields.get(name) {
