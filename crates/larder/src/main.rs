@@ -7,7 +7,8 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 // The serving path allocates and frees many short-lived buffers per request (one per vector
-// read from Redis, response bodies); glibc malloc was ~20% of a `bench lookup` profile.
+// read from Redis, response bodies): glibc malloc was ~20% of the server's `bench lookup`
+// profile, mimalloc ~10%. End-to-end throughput moved within noise (docs/ARCHITECTURE.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
