@@ -30,6 +30,12 @@ pub struct Config {
     pub auth: Auth,
     pub timeouts: Timeouts,
     pub breaker: BreakerConfig,
+    /// The main DB of categories, items, evaluations and feedback: `sqlite://FILE`,
+    /// `sqlite::memory:` or `postgres://…`. Empty: `sqlite://{data_dir}/larder.db`, or memory
+    /// with `ephemeral`.
+    pub db: String,
+    /// Providers and stages of the pre-generation pipeline.
+    pub pipeline: larder_pipeline::PipelineConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +94,8 @@ impl Default for Config {
             auth: Auth::default(),
             timeouts: Timeouts::default(),
             breaker: BreakerConfig::default(),
+            db: String::new(),
+            pipeline: Default::default(),
         }
     }
 }
@@ -133,6 +141,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ephemeral: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
 }
 
 /// A config error, already phrased for a one-line message on stderr.
@@ -178,6 +188,16 @@ impl Config {
                 "--store: expected embedded, redis://host:port, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…, got {s:?}"
             )));
         }
+        let db = &self.db;
+        if !(db.is_empty()
+            || db.starts_with("sqlite:")
+            || db.starts_with("postgres://")
+            || db.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "--db: expected sqlite://FILE, sqlite::memory: or postgres://user@host:port/db, got {db:?}"
+            )));
+        }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_lookup_keys == 0 || l.max_upsert_entities == 0 {
             return Err(ConfigError("limits: every limit must be at least 1".into()));
@@ -190,6 +210,17 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The main DB URL `db` names, or its default.
+    pub fn db_url(&self) -> String {
+        if !self.db.is_empty() {
+            self.db.clone()
+        } else if self.ephemeral {
+            "sqlite::memory:".into()
+        } else {
+            format!("sqlite://{}", self.data_dir.join("larder.db").display())
+        }
     }
 
     pub fn store_options(&self) -> larder_store::StoreOptions {
@@ -211,6 +242,7 @@ fn describe(error: figment::Error) -> String {
         "listen" => "--listen".to_owned(),
         "store" => "--store".to_owned(),
         "data_dir" => "--data-dir".to_owned(),
+        "db" => "--db".to_owned(),
         "" => "config".to_owned(),
         other => other.to_owned(),
     };

@@ -89,6 +89,27 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<larder_db::DbError> for ApiError {
+    fn from(error: larder_db::DbError) -> Self {
+        use larder_db::DbError;
+        match error {
+            DbError::UnknownItem(..) => ApiError::BadRequest(error.to_string()),
+            DbError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+            DbError::Config(_) | DbError::Query(_) => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<larder_pipeline::queue::QueueError> for ApiError {
+    fn from(error: larder_pipeline::queue::QueueError) -> Self {
+        use larder_pipeline::queue::QueueError;
+        match error {
+            QueueError::Db(e) => e.into(),
+            QueueError::Broker(e) => ApiError::Unavailable(format!("pipeline queue: {e}")),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();

@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`config`]: TOML file + `LARDER_*` env + CLI overrides.
 //! - [`routes`]: one thin handler file per resource (`namespaces`, `entities`, `lookup`,
-//!   `ops`); each validates, calls the store, and answers.
+//!   `categories`, `ops`); each validates, calls the store or the catalog, and answers.
+//! - [`catalog`]: the category engine: main DB, pipeline queue, cached serving views.
 //! - [`error`]: the one error-to-HTTP mapping.
 //! - [`extract`]: extractors whose rejections use that mapping.
 //! - [`state`]: shared state and the namespace schema cache.
@@ -16,6 +17,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use larder_store::Store;
 use tokio::net::TcpListener;
 
+use catalog::Catalog;
 pub use config::Config;
 pub use state::AppState;
 
@@ -39,6 +42,15 @@ pub enum ServerError {
         store: String,
         source: larder_store::StoreError,
     },
+    #[error("cannot open the main DB {db}: {source}")]
+    Db {
+        db: String,
+        source: larder_db::DbError,
+    },
+    #[error("cannot open the pipeline broker: {0}")]
+    Broker(#[from] larder_broker::BrokerError),
+    #[error("pipeline: {0}")]
+    Pipeline(#[from] larder_pipeline::StageError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -69,7 +81,8 @@ pub async fn serve(
     metrics::handle();
     let drain = std::time::Duration::from_millis(config.timeouts.shutdown_ms);
     let backend = store.backend();
-    let app = routes::router(AppState::new(store, config));
+    let pipeline = Pipeline::start(&store, &config).await?;
+    let app = routes::router(AppState::new(store, config, pipeline.catalog.clone()));
     tracing::info!(addr = %listener.local_addr()?, backend, "larder listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -86,5 +99,114 @@ pub async fn serve(
             tokio::time::sleep(drain).await;
         } => tracing::warn!(?drain, "in-flight requests did not finish in time; stopping"),
     }
+    pipeline.stop().await;
     Ok(())
+}
+
+/// The category side of a server: main DB, broker, catalog, background tasks, and the stages
+/// this process runs in-process.
+struct Pipeline {
+    catalog: Arc<Catalog>,
+    host: Option<larder_pipeline::runner::PipelineHost>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    async fn start(store: &Arc<dyn Store>, config: &Config) -> Result<Pipeline, ServerError> {
+        let db_url = config.db_url();
+        let db = larder_db::Db::connect(&db_url)
+            .await
+            .map_err(|source| ServerError::Db { db: db_url, source })?;
+        let pipeline = &config.pipeline;
+        let broker = larder_pipeline::open_broker(pipeline, &config.store).await?;
+        let queue = larder_pipeline::Queue::new(
+            broker.clone(),
+            db.clone(),
+            pipeline.generation_cooldown_ms,
+        );
+        let catalog = Catalog::new(
+            db.clone(),
+            queue.clone(),
+            store.clone(),
+            pipeline.rank.prior_strength,
+        );
+        let host = if pipeline.stages.is_empty() {
+            None
+        } else {
+            let deps = larder_pipeline::Deps {
+                db: db.clone(),
+                store: store.clone(),
+                providers: larder_pipeline::runner::build_providers(&pipeline.providers)?,
+            };
+            let stages = larder_pipeline::runner::build_stages(pipeline, &deps, &pipeline.stages)?;
+            Some(larder_pipeline::runner::PipelineHost::spawn(
+                stages,
+                broker.clone(),
+                1,
+            )?)
+        };
+        seed(&db, &queue, &pipeline.seed_categories).await;
+        let tasks = vec![
+            tokio::spawn(catalog.clone().follow_announcements()),
+            tokio::spawn(catalog.clone().rank_dirty()),
+        ];
+        tracing::info!(db = db.kind(), broker = broker.kind(), stages = ?pipeline.stages, "pipeline ready");
+        Ok(Pipeline {
+            catalog,
+            host,
+            tasks,
+        })
+    }
+
+    async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(host) = self.host {
+            // Joining the pipeline thread blocks: do it off the async runtime.
+            let _ = tokio::task::spawn_blocking(move || host.stop()).await;
+        }
+    }
+}
+
+/// Register the example categories on a DB that has none (the offline demo), and queue their
+/// generation. Failures only log: the server serves regardless.
+async fn seed(
+    db: &larder_db::Db,
+    queue: &larder_pipeline::Queue,
+    seeds: &[larder_pipeline::SeedCategory],
+) {
+    if seeds.is_empty() {
+        return;
+    }
+    match db.categories().await {
+        Ok(existing) if existing.is_empty() => {}
+        Ok(_) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read categories; not seeding");
+            return;
+        }
+    }
+    let now = larder_pipeline::stage::now_ms();
+    for seed in seeds {
+        let registered = db
+            .register_category(
+                &seed.name,
+                seed.description.as_deref(),
+                seed.locale.as_deref(),
+                now,
+            )
+            .await;
+        let queued = match registered {
+            Ok(_) => queue
+                .generation(&seed.name, "seed", Some(0))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match queued {
+            Ok(_) => tracing::info!(category = %seed.name, "seeded example category"),
+            Err(error) => tracing::warn!(category = %seed.name, %error, "cannot seed category"),
+        }
+    }
 }

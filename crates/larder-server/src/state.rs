@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use larder_store::{NamespaceSchema, Store};
 
 use crate::breaker::Breaker;
+use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::names;
@@ -17,16 +18,22 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub schemas: Arc<SchemaCache>,
     pub breaker: Arc<Breaker>,
+    pub catalog: Arc<Catalog>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: Config, catalog: Arc<Catalog>) -> Self {
         AppState {
+            catalog,
             breaker: Arc::new(Breaker::new(&config.breaker)),
             schemas: Arc::new(SchemaCache::default()),
             config: Arc::new(config),
             store,
         }
+    }
+
+    pub fn catalog(&self) -> ApiResult<&Arc<Catalog>> {
+        Ok(&self.catalog)
     }
 
     /// The namespace's schema, or `404 not_found`.

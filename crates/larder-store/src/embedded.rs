@@ -1,6 +1,8 @@
 //! The embedded backend: a redb file in the data directory (or redb's in-memory backend for
 //! `--ephemeral`). It mirrors the Redis layout: one record per entity holding its fields, an
-//! expiry time standing in for the Redis TTL, and one record per namespace schema.
+//! expiry time standing in for the Redis TTL, one record per namespace schema, and one record
+//! per category serving view. New views are announced through an in-process broadcast channel:
+//! an embedded store has one process as its only writer, so there is nobody else to tell.
 //!
 //! redb is chosen over sled (unmaintained) and fjall (LSM: better for write-heavy loads,
 //! while Larder's embedded mode is read-heavy) for its small footprint and ACID commits.
@@ -10,16 +12,21 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{EntityWrite, NamespaceSchema, Result, Row, Store, StoreError};
+use crate::invalidation::Announcer;
+use crate::{EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError};
 
 const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schemas");
 /// Key: `ns \0 key`; namespace names never contain NUL, so `ns \0` is a unique prefix.
 const ENTITIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entities");
+/// Key: category name; value: the serving view, opaque bytes.
+const VIEWS: TableDefinition<&str, &[u8]> = TableDefinition::new("views");
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    announcer: Announcer,
 }
 
 impl EmbeddedStore {
@@ -39,12 +46,17 @@ impl EmbeddedStore {
     }
 
     fn init(db: Database) -> Result<Self> {
-        // Create both tables up front so that read transactions never meet a missing table.
+        // Create every table up front (also in files written by older versions) so that read
+        // transactions never meet a missing table.
         let tx = db.begin_write()?;
         tx.open_table(SCHEMAS)?;
         tx.open_table(ENTITIES)?;
+        tx.open_table(VIEWS)?;
         tx.commit()?;
-        Ok(EmbeddedStore { db: Arc::new(db) })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            announcer: Announcer::new(),
+        })
     }
 
     /// Run a write transaction off the async runtime: commits fsync, which may take ms.
@@ -317,5 +329,30 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(count)
+    }
+
+    async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {
+        let name = category.to_owned();
+        let view = view.to_vec();
+        self.write(move |tx| {
+            tx.open_table(VIEWS)?
+                .insert(name.as_str(), view.as_slice())?;
+            Ok(())
+        })
+        .await?;
+        // Only after the commit, so that a listener that re-reads the view gets the new one.
+        self.announcer
+            .announce(Invalidation::Category(category.to_owned()));
+        Ok(())
+    }
+
+    async fn get_view(&self, category: &str) -> Result<Option<Vec<u8>>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(VIEWS)?;
+        Ok(table.get(category)?.map(|value| value.value().to_vec()))
+    }
+
+    async fn invalidations(&self) -> Result<BoxStream<'static, Invalidation>> {
+        Ok(self.announcer.listen())
     }
 }

@@ -5,6 +5,11 @@
 //!   value = raw little-endian vector bytes in the stored dtype);
 //! - the schema of namespace `N` is the string `larder:ns:N` (JSON);
 //! - `larder:namespaces` is a set of every namespace name, so listing needs no SCAN.
+//! - the serving view of category `C` (its ranked active items) is the string `larder:c:C`;
+//!   serving nodes learn of a new view from the pub/sub channel `larder:invalidate`, whose
+//!   messages are category names;
+//! - the pipeline's queue into stage `S` is the stream `larder:q:S` (consumer group
+//!   `larder`), and messages delivered too often move to the dead-letter stream `larder:dlq:S`.
 
 /// Prefix of every entity hash.
 pub const ENTITY_PREFIX: &str = "larder:e:";
@@ -35,6 +40,31 @@ pub fn schema(ns: &str) -> String {
     format!("{SCHEMA_PREFIX}{ns}")
 }
 
+/// Prefix of every category serving view.
+pub const VIEW_PREFIX: &str = "larder:c:";
+/// Pub/sub channel on which a new serving view is announced (message = category name).
+pub const INVALIDATE_CHANNEL: &str = "larder:invalidate";
+/// Consumer group every pipeline stage reads its stream with.
+pub const STAGE_GROUP: &str = "larder";
+
+/// `larder:c:{category}` as bytes (category names are arbitrary UTF-8).
+pub fn view(category: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(VIEW_PREFIX.len() + category.len());
+    out.extend_from_slice(VIEW_PREFIX.as_bytes());
+    out.extend_from_slice(category.as_bytes());
+    out
+}
+
+/// `larder:q:{stage}`: the stream of messages into a pipeline stage.
+pub fn stage_stream(stage: &str) -> String {
+    format!("larder:q:{stage}")
+}
+
+/// `larder:dlq:{stage}`: messages of `stage` that were delivered too often.
+pub fn dead_letter_stream(stage: &str) -> String {
+    format!("larder:dlq:{stage}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +77,8 @@ mod tests {
         );
         assert_eq!(schema("users"), "larder:ns:users");
         assert_eq!(entity_pattern("users"), "larder:e:users:*");
+        assert_eq!(view("이사 준비"), "larder:c:이사 준비".as_bytes().to_vec());
+        assert_eq!(stage_stream("filter"), "larder:q:filter");
+        assert_eq!(dead_letter_stream("filter"), "larder:dlq:filter");
     }
 }

@@ -1,6 +1,6 @@
 //! # larder-store
 //!
-//! Where Larder keeps embeddings, behind one [`Store`] trait with three backends that behave
+//! Where Larder keeps embeddings and categories' serving views, behind one [`Store`] trait with three backends that behave
 //! the same (one conformance suite, `tests/conformance.rs`, runs against all of them).
 //!
 //! # Layout
@@ -12,11 +12,14 @@
 //!   [`redis_backend::Batcher`]: a single pipeline on standalone, one pipeline per owning
 //!   node (in parallel) on a cluster.
 //! - [`metered`]: a wrapper that times every store call for `/metrics`.
+//! - `invalidation`: the in-process fan-out of "a category's serving view changed"
+//!   announcements ([`Invalidation`]) that every backend feeds.
 //! - [`open`]: builds a store from a `--store` URL.
 
 pub mod codec;
 pub mod embedded;
 mod error;
+mod invalidation;
 pub mod keys;
 pub mod metered;
 pub mod redis_backend;
@@ -27,9 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
 pub use codec::Dtype;
 pub use error::{Result, StoreError};
+pub use invalidation::Invalidation;
 pub use schema::{FieldSpec, NamespaceSchema};
 
 /// Fields of one entity to merge into the store: `(field name, stored bytes)`.
@@ -73,6 +78,16 @@ pub trait Store: Send + Sync + 'static {
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64>;
     /// Number of entities in the namespace (may be approximate on very large namespaces).
     async fn count_entities(&self, ns: &str) -> Result<u64>;
+
+    /// Write category `category`'s serving view (SET larder:c:{category}) and then announce it
+    /// (PUBLISH larder:invalidate category). Views have no TTL.
+    async fn put_view(&self, category: &str, view: &[u8]) -> Result<()>;
+    /// The stored view, None when absent.
+    async fn get_view(&self, category: &str) -> Result<Option<Vec<u8>>>;
+    /// Announcements of new views from any writer (this process or others), as category names.
+    /// When the subscription had to reconnect (messages may have been missed) it yields
+    /// `Invalidation::All`. The stream ends only when the store is dropped.
+    async fn invalidations(&self) -> Result<BoxStream<'static, Invalidation>>;
 }
 
 /// Options that come from configuration rather than the store URL.

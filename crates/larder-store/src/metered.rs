@@ -4,13 +4,17 @@
 use std::time::Instant;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
-use crate::{EntityWrite, NamespaceSchema, Result, Row, Store};
+use crate::{EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store};
 
 /// Metric names of this crate, defined in one place.
 pub const CALL_SECONDS: &str = "larder_store_call_seconds";
 pub const CALL_ERRORS: &str = "larder_store_call_errors_total";
 pub const ROUND_TRIPS: &str = "larder_store_round_trips_total";
+/// Times the view-invalidation subscription had to reconnect (each one invalidates every
+/// cached view on every listener).
+pub const INVALIDATION_RECONNECTS: &str = "larder_store_invalidation_reconnects_total";
 
 pub struct Metered<S> {
     inner: S,
@@ -85,5 +89,17 @@ impl<S: Store> Store for Metered<S> {
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.timed("count_entities", self.inner.count_entities(ns))
             .await
+    }
+    async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {
+        self.timed("put_view", self.inner.put_view(category, view))
+            .await
+    }
+    async fn get_view(&self, category: &str) -> Result<Option<Vec<u8>>> {
+        self.timed("get_view", self.inner.get_view(category)).await
+    }
+    // Not timed: it is called once per listener, and its cost is the subscription's first
+    // connect, not a store round trip.
+    async fn invalidations(&self) -> Result<BoxStream<'static, Invalidation>> {
+        self.inner.invalidations().await
     }
 }

@@ -1,12 +1,14 @@
 //! Redis Cluster specifics on a real 3-primary/3-replica cluster: key spread, one pipelined
-//! round trip per primary for a batch lookup, and failover.
+//! round trip per primary for a batch lookup, failover, and the view-invalidation subscription
+//! moving to another node.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures::StreamExt;
 use larder_store::codec::{self, Dtype};
 use larder_store::redis_backend::RedisStore;
-use larder_store::{EntityWrite, FieldSpec, NamespaceSchema, Store, StoreOptions};
+use larder_store::{EntityWrite, FieldSpec, Invalidation, NamespaceSchema, Store, StoreOptions};
 use larder_testkit::{command_calls, RedisCluster};
 
 async fn loaded(cluster: &RedisCluster, n: usize) -> (RedisStore, Vec<String>) {
@@ -255,4 +257,62 @@ async fn lookups_follow_ask_during_a_slot_migration() {
         1,
         "one ASKING, on the importing node"
     );
+}
+
+/// Nodes holding a subscription to the invalidation channel (classic pub/sub counts are local
+/// to each node).
+fn subscribed_nodes(cluster: &RedisCluster) -> Vec<u16> {
+    cluster
+        .ports()
+        .into_iter()
+        .filter(|p| cluster.is_running(*p))
+        .filter(|p| {
+            cluster.cli(*p, &["PUBSUB", "NUMSUB", "larder:invalidate"]) != "larder:invalidate\n0"
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_move_to_another_node_when_theirs_dies() {
+    let mut cluster = RedisCluster::start();
+    let options = StoreOptions::default();
+    let writer = RedisStore::connect_cluster(&cluster.url(), &options)
+        .await
+        .expect("writer");
+    let listener = RedisStore::connect_cluster(&cluster.url(), &options)
+        .await
+        .expect("listener");
+    let mut heard = listener.invalidations().await.expect("subscribe");
+
+    writer.put_view("이전", b"1").await.expect("put");
+    let first = tokio::time::timeout(Duration::from_secs(2), heard.next())
+        .await
+        .expect("announced within 2 s");
+    assert_eq!(first, Some(Invalidation::Category("이전".into())));
+
+    let subscribed = subscribed_nodes(&cluster);
+    assert_eq!(subscribed.len(), 1, "one subscription per store");
+    cluster.kill_node(subscribed[0]);
+    let after_kill = tokio::time::timeout(Duration::from_secs(10), heard.next())
+        .await
+        .expect("noticed the dead node within 10 s");
+    assert_eq!(after_kill, Some(Invalidation::All));
+    let now = subscribed_nodes(&cluster);
+    assert_eq!(now.len(), 1, "resubscribed on one live node");
+    assert_ne!(now[0], subscribed[0]);
+
+    // If the dead node was a primary, writes to its slots wait for its replica's promotion.
+    let mut written = false;
+    for _ in 0..150 {
+        if writer.put_view("이후", b"2").await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(written, "views can be written after the failover");
+    let next = tokio::time::timeout(Duration::from_secs(2), heard.next())
+        .await
+        .expect("announced within 2 s");
+    assert_eq!(next, Some(Invalidation::Category("이후".into())));
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::{BoxStream, StreamExt};
 use larder_store::codec::{self, Dtype};
-use larder_store::{EntityWrite, FieldSpec, NamespaceSchema, Store, StoreOptions};
+use larder_store::{EntityWrite, FieldSpec, Invalidation, NamespaceSchema, Store, StoreOptions};
 use larder_testkit::{RedisCluster, RedisServer};
 
 fn schema(ttl: Option<u64>) -> NamespaceSchema {
@@ -207,6 +208,67 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(rows, vec![None, Some(vec![Some(text.clone())])]);
 }
 
+/// The category the view checks use: Korean with a space, as real category names are.
+const CATEGORY: &str = "이사 준비";
+/// The view `views` leaves behind under [`CATEGORY`], readable text for the redis-cli checks.
+const VIEW_JSON: &str = r#"{"items":[{"id":"a1","text":"짐 싸기 체크리스트","score":0.83}]}"#;
+
+/// The next announcement, failing the test if none comes within `secs`.
+async fn heard_within(stream: &mut BoxStream<'static, Invalidation>, secs: u64) -> Invalidation {
+    tokio::time::timeout(Duration::from_secs(secs), stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("no invalidation within {secs} s"))
+        .expect("the invalidation stream ended while the store is alive")
+}
+
+fn category(name: &str) -> Invalidation {
+    Invalidation::Category(name.to_owned())
+}
+
+/// Serving views. `listener` is a second handle on the same data (a second `open()` of the same
+/// Redis URL; the same instance for the embedded store): it must read what `writer` puts and
+/// hear of it within 2 s.
+async fn views(writer: &dyn Store, listener: &dyn Store) {
+    assert_eq!(writer.get_view(CATEGORY).await.expect("get"), None);
+    let mut heard = listener.invalidations().await.expect("subscribe");
+
+    // A few hundred KB of every byte value (NUL and invalid UTF-8 included) round-trips.
+    let big: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    writer.put_view(CATEGORY, &big).await.expect("put big view");
+    assert_eq!(heard_within(&mut heard, 2).await, category(CATEGORY));
+    assert_eq!(listener.get_view(CATEGORY).await.expect("get"), Some(big));
+
+    // An empty view is a view, not an absence; a prefix of a name is another category.
+    writer
+        .put_view("빈 목록", &[])
+        .await
+        .expect("put empty view");
+    assert_eq!(heard_within(&mut heard, 2).await, category("빈 목록"));
+    assert_eq!(
+        listener.get_view("빈 목록").await.expect("get"),
+        Some(Vec::new())
+    );
+    assert_eq!(listener.get_view("이사").await.expect("get"), None);
+
+    // A new view replaces the old one whole, and every write is announced again.
+    writer
+        .put_view(CATEGORY, VIEW_JSON.as_bytes())
+        .await
+        .expect("replace view");
+    assert_eq!(heard_within(&mut heard, 2).await, category(CATEGORY));
+    assert_eq!(
+        listener.get_view(CATEGORY).await.expect("get"),
+        Some(VIEW_JSON.as_bytes().to_vec())
+    );
+    // Listeners that join later hear later writes too.
+    let mut late = listener.invalidations().await.expect("second subscription");
+    writer.put_view("청소", b"[]").await.expect("put");
+    assert_eq!(heard_within(&mut heard, 2).await, category("청소"));
+    assert_eq!(heard_within(&mut late, 2).await, category("청소"));
+}
+
 async fn open(url: &str, options: &StoreOptions) -> Arc<dyn Store> {
     larder_store::open(url, options).await.expect("open store")
 }
@@ -217,7 +279,9 @@ async fn embedded_in_memory() {
         ephemeral: true,
         ..StoreOptions::default()
     };
-    conformance(open("embedded", &options).await).await;
+    let store = open("embedded", &options).await;
+    conformance(store.clone()).await;
+    views(&*store, &*store).await;
 }
 
 #[tokio::test]
@@ -227,9 +291,16 @@ async fn embedded_file_persists_across_restarts() {
         data_dir: dir.path().to_owned(),
         ..StoreOptions::default()
     };
-    conformance(open("embedded", &options).await).await;
+    let first = open("embedded", &options).await;
+    conformance(first.clone()).await;
+    views(&*first, &*first).await;
+    drop(first);
     // Reopen the same directory: everything is still there.
     let store = open("embedded", &options).await;
+    assert_eq!(
+        store.get_view(CATEGORY).await.expect("get view"),
+        Some(VIEW_JSON.as_bytes().to_vec())
+    );
     assert_eq!(
         store.get_schema("users").await.expect("get"),
         Some(schema(None))
@@ -241,7 +312,19 @@ async fn embedded_file_persists_across_restarts() {
 #[tokio::test]
 async fn redis_standalone() {
     let server = RedisServer::start();
-    conformance(open(&server.url(), &StoreOptions::default()).await).await;
+    let store = open(&server.url(), &StoreOptions::default()).await;
+    conformance(store.clone()).await;
+    views(
+        &*store,
+        &*open(&server.url(), &StoreOptions::default()).await,
+    )
+    .await;
+    assert_eq!(server.cli(&["GET", "larder:c:이사 준비"]), VIEW_JSON);
+    assert_eq!(
+        server.cli(&["TTL", "larder:c:이사 준비"]),
+        "-1",
+        "views have no TTL"
+    );
     // The layout is readable by any Redis client.
     assert_eq!(server.cli(&["TYPE", "larder:e:users:user:42"]), "hash");
     assert_eq!(server.cli(&["HKEYS", "larder:e:users:user:42"]), "text");
@@ -270,7 +353,15 @@ async fn redis_standalone() {
 #[tokio::test]
 async fn redis_over_tls() {
     let server = RedisServer::start_tls();
-    conformance(open(&server.tls_url(), &StoreOptions::default()).await).await;
+    let store = open(&server.tls_url(), &StoreOptions::default()).await;
+    conformance(store.clone()).await;
+    // The subscription connects over TLS too (the URL names only the TLS port).
+    views(
+        &*store,
+        &*open(&server.tls_url(), &StoreOptions::default()).await,
+    )
+    .await;
+    assert_eq!(server.cli(&["GET", "larder:c:이사 준비"]), VIEW_JSON);
 }
 
 #[tokio::test]
@@ -278,6 +369,12 @@ async fn redis_with_auth() {
     let server = RedisServer::start_with_password("s3cret");
     let store = open(&server.url(), &StoreOptions::default()).await;
     store.ping().await.expect("authenticated ping");
+    // The subscription authenticates with the URL's password as well.
+    views(
+        &*store,
+        &*open(&server.url(), &StoreOptions::default()).await,
+    )
+    .await;
     let wrong = format!("redis://:wrong@127.0.0.1:{}", server.port());
     assert!(larder_store::open(&wrong, &StoreOptions::default())
         .await
@@ -287,7 +384,18 @@ async fn redis_with_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster() {
     let cluster = RedisCluster::start();
-    conformance(open(&cluster.url(), &StoreOptions::default()).await).await;
+    let store = open(&cluster.url(), &StoreOptions::default()).await;
+    conformance(store.clone()).await;
+    views(
+        &*store,
+        &*open(&cluster.url(), &StoreOptions::default()).await,
+    )
+    .await;
+    let port = cluster.ports()[0];
+    assert_eq!(
+        cluster.cli(port, &["-c", "GET", "larder:c:이사 준비"]),
+        VIEW_JSON
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,4 +421,131 @@ async fn survives_a_redis_restart() {
         .put_schema("users", &schema(None))
         .await
         .expect("put after restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_resume_after_a_redis_restart() {
+    let mut server = RedisServer::start();
+    let writer = open(&server.url(), &StoreOptions::default()).await;
+    let listener = open(&server.url(), &StoreOptions::default()).await;
+    let mut heard = listener.invalidations().await.expect("subscribe");
+    writer.put_view("before", b"1").await.expect("put");
+    assert_eq!(heard_within(&mut heard, 2).await, category("before"));
+
+    // restart() blocks while it waits for the port and PONG; keep the runtime's other worker
+    // free for the subscription task meanwhile.
+    tokio::task::block_in_place(|| server.restart());
+    assert_eq!(
+        heard_within(&mut heard, 10).await,
+        Invalidation::All,
+        "messages published while the server was away are lost, so everything is invalidated"
+    );
+
+    // The writer's connections reconnect by themselves; allow them a few tries.
+    let mut written = false;
+    for _ in 0..50 {
+        if writer.put_view("after", b"2").await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written, "views can be written again after the restart");
+    assert_eq!(heard_within(&mut heard, 2).await, category("after"));
+    writer.put_view("again", b"3").await.expect("put");
+    assert_eq!(heard_within(&mut heard, 2).await, category("again"));
+    assert_eq!(
+        server.cli(&["PUBSUB", "NUMSUB", "larder:invalidate"]),
+        "larder:invalidate\n1",
+        "one subscription per store, the old one gone"
+    );
+}
+
+#[tokio::test]
+async fn invalidation_streams_end_when_the_store_is_dropped() {
+    let options = StoreOptions {
+        ephemeral: true,
+        ..StoreOptions::default()
+    };
+    let server = RedisServer::start();
+    for store in [
+        open("embedded", &options).await,
+        open(&server.url(), &StoreOptions::default()).await,
+    ] {
+        let backend = store.backend();
+        let mut heard = store.invalidations().await.expect("subscribe");
+        store.put_view("x", b"1").await.expect("put");
+        assert_eq!(heard_within(&mut heard, 2).await, category("x"));
+        drop(store);
+        let end = tokio::time::timeout(Duration::from_secs(2), heard.next())
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: the stream outlived its store"));
+        assert_eq!(end, None, "{backend}");
+    }
+    // The dropped Redis store closed its pub/sub connection.
+    let mut subscribers = String::new();
+    for _ in 0..50 {
+        subscribers = server.cli(&["PUBSUB", "NUMSUB", "larder:invalidate"]);
+        if subscribers.ends_with("\n0") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(subscribers, "larder:invalidate\n0");
+}
+
+#[tokio::test]
+async fn invalidations_fail_when_redis_is_down() {
+    let mut server = RedisServer::start();
+    let store = open(&server.url(), &StoreOptions::default()).await;
+    server.stop();
+    assert!(
+        store.invalidations().await.is_err(),
+        "the first listener learns that nothing can be subscribed to"
+    );
+    // Kept alive to the end of the test: dropping it kills the server.
+    let _server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .expect("restart");
+    // A later call tries again rather than remembering the failure.
+    let mut heard = None;
+    for _ in 0..50 {
+        if let Ok(stream) = store.invalidations().await {
+            heard = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut heard = heard.expect("subscribes once the server is back");
+    let mut written = false;
+    for _ in 0..50 {
+        if store.put_view("x", b"1").await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written);
+    assert_eq!(heard_within(&mut heard, 2).await, category("x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidations_resubscribe_when_the_server_stops_answering() {
+    let server = RedisServer::start();
+    let writer = open(&server.url(), &StoreOptions::default()).await;
+    let listener = open(&server.url(), &StoreOptions::default()).await;
+    let mut heard = listener.invalidations().await.expect("subscribe");
+    // A server that keeps the socket open but answers nothing, like a lost network path: only
+    // the subscription's periodic PING (every 5 s, 2 s timeout) can tell.
+    assert_eq!(server.cli(&["CLIENT", "PAUSE", "9000", "ALL"]), "OK");
+    assert_eq!(
+        heard_within(&mut heard, 20).await,
+        Invalidation::All,
+        "the silent connection was replaced"
+    );
+    writer.put_view("깨어남", b"1").await.expect("put");
+    assert_eq!(heard_within(&mut heard, 2).await, category("깨어남"));
 }

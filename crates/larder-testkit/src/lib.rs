@@ -35,11 +35,13 @@
 
 mod cluster;
 pub mod ports;
+mod postgres;
 mod process;
 mod server;
 pub mod topology;
 
 pub use cluster::RedisCluster;
+pub use postgres::{postgres_available, PostgresDb};
 pub use server::RedisServer;
 
 use std::time::Duration;

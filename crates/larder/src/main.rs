@@ -1,8 +1,14 @@
-//! The `larder` binary: `serve` runs the HTTP server, `bench` drives load against one.
+//! The `larder` binary: `serve` runs the HTTP server (and, by default, the whole pipeline
+//! in-process), `worker` runs one pipeline stage, `mock-llm` the mock provider server,
+//! `rebuild` restores serving views from the main DB, `bench` drives load.
 //! `main` only parses arguments and hands off; every command lives in its own module.
 
 mod bench;
+mod mock_llm;
+mod rebuild;
 mod serve;
+mod signal;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -25,8 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the HTTP server.
+    /// Start the HTTP server (and the pipeline stages configured to run in-process).
     Serve(serve::ServeArgs),
+    /// Run one pipeline stage as its own process, on Redis Streams.
+    Worker(worker::WorkerArgs),
+    /// Run the mock LLM provider server (OpenAI and CLOVA Studio wire formats).
+    #[command(name = "mock-llm")]
+    MockLlm(mock_llm::MockLlmArgs),
+    /// Recompute every category's serving view from the main DB.
+    Rebuild(rebuild::RebuildArgs),
     /// Load generators that print req/s, values/s and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -72,6 +85,9 @@ fn main() {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
+            Command::MockLlm(args) => mock_llm::run(args).await,
+            Command::Rebuild(args) => rebuild::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

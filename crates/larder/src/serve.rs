@@ -11,7 +11,8 @@ pub struct ServeArgs {
     /// TOML config file. Keys: listen, store, data_dir, ephemeral, allow_unauthenticated,
     /// [limits] max_body_bytes/max_lookup_keys/max_upsert_entities,
     /// [auth] write_tokens/read_tokens, [timeouts] connect_ms/response_ms/lookup_ms/shutdown_ms,
-    /// [breaker] failure_threshold/open_ms. Every key can be set as LARDER_<KEY>
+    /// [breaker] failure_threshold/open_ms, db, [pipeline] (providers, stages; see README).
+    /// Every key can be set as LARDER_<KEY>
     /// (nested: LARDER_LIMITS__MAX_LOOKUP_KEYS). Flags win over the environment, which wins
     /// over the file.
     #[arg(long, value_name = "FILE")]
@@ -30,6 +31,10 @@ pub struct ServeArgs {
     /// Keep the embedded store in memory only [env: LARDER_EPHEMERAL]
     #[arg(long)]
     ephemeral: bool,
+    /// Main DB of categories and items: sqlite://FILE | sqlite::memory: | postgres://…
+    /// [env: LARDER_DB] [default: sqlite://<data-dir>/larder.db]
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> i32 {
@@ -38,6 +43,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         store: args.store,
         data_dir: args.data_dir,
         ephemeral: args.ephemeral,
+        db: args.db,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,
@@ -53,39 +59,11 @@ pub async fn run(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    match larder_server::run(listener, config, shutdown_signal()).await {
+    match larder_server::run(listener, config, crate::signal::shutdown()).await {
         Ok(()) => 0,
         Err(error) => {
             eprintln!("error: {error}");
             1
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::warn!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

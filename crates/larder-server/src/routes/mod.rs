@@ -1,5 +1,6 @@
 //! The router: one thin handler file per resource.
 
+pub mod categories;
 pub mod entities;
 pub mod lookup;
 pub mod namespaces;
@@ -25,6 +26,21 @@ pub fn router(state: AppState) -> Router {
             get(entities::get).delete(entities::delete),
         )
         .route("/v1/namespaces/{ns}/lookup", post(lookup::lookup))
+        .route("/v1/categories", get(categories::list))
+        .route("/v1/categories/{category}", put(categories::register))
+        .route("/v1/categories/{category}/items", get(categories::items))
+        .route(
+            "/v1/categories/{category}/items/{id}",
+            get(categories::item),
+        )
+        .route(
+            "/v1/categories/{category}/feedback",
+            post(categories::feedback),
+        )
+        .route(
+            "/v1/categories/{category}/refresh",
+            post(categories::refresh),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,

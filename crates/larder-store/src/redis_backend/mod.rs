@@ -1,23 +1,38 @@
 //! Standalone Redis and Redis Cluster. Both speak the layout in [`crate::keys`] and send every
-//! multi-key operation through one [`Batcher`].
+//! multi-key operation through one [`Batcher`]. View invalidations arrive over pub/sub through
+//! a per-store [`subscriber`], started by the first `invalidations()` call.
 
 mod batcher;
 pub mod slots;
+mod subscriber;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
 pub use batcher::{Batcher, ClusterBatch, ClusterBatcher, Keyed, NodeConnector, Pool, Topology};
 
-use crate::{keys, EntityWrite, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions};
+use subscriber::Subscriber;
+
+use crate::{
+    keys, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions,
+};
 
 /// HDEL/SCAN work is sent in chunks of this many commands.
 const CHUNK: usize = 1000;
 
 pub struct RedisStore {
     batcher: Batcher,
+    /// Nodes the invalidation subscription may use: the server, or the cluster's seeds.
+    pubsub_nodes: Vec<redis::Client>,
+    connect_timeout: Duration,
+    /// Started lazily: stores that only write views (pipeline workers) never hold a pub/sub
+    /// connection.
+    subscriber: tokio::sync::OnceCell<Subscriber>,
 }
 
 impl RedisStore {
@@ -36,6 +51,9 @@ impl RedisStore {
         }
         Ok(RedisStore {
             batcher: Batcher::new(Topology::Single(Pool::new(conns))),
+            pubsub_nodes: vec![client],
+            connect_timeout: options.connect_timeout,
+            subscriber: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -46,14 +64,22 @@ impl RedisStore {
         nodes.config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout));
-        let client = ClusterClientBuilder::new(seeds)
+        let client = ClusterClientBuilder::new(seeds.clone())
             .connection_timeout(options.connect_timeout)
             .response_timeout(options.response_timeout)
             .build()
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
         let conn = client.get_async_connection().await?;
+        let pubsub_nodes = seeds
+            .iter()
+            .map(|seed| redis::Client::open(seed.as_str()))
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
         Ok(RedisStore {
             batcher: ClusterBatcher::connect(conn, options.cluster_batch, nodes).await?,
+            pubsub_nodes,
+            connect_timeout: options.connect_timeout,
+            subscriber: tokio::sync::OnceCell::new(),
         })
     }
 }
@@ -301,6 +327,54 @@ impl Store for RedisStore {
 
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         Ok(self.batcher.scan(&keys::entity_pattern(ns)).await?.len() as u64)
+    }
+
+    async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {
+        let key = keys::view(category);
+        let mut set = redis::cmd("SET");
+        set.arg(key.as_slice()).arg(view);
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(keys::INVALIDATE_CHANNEL).arg(category);
+        match &self.batcher.topology {
+            // One pipeline: Redis runs it in order, so a listener never hears of a view it
+            // cannot read yet.
+            Topology::Single(_) => self
+                .batcher
+                .run(vec![
+                    keyed(key, set),
+                    keyed(keys::INVALIDATE_CHANNEL.as_bytes().to_vec(), publish),
+                ])
+                .await
+                .map(drop),
+            // The key's owner and the node that takes the PUBLISH (any node: the cluster bus
+            // relays it everywhere) may differ, so the SET must be acknowledged first.
+            Topology::Cluster(_) => {
+                self.batcher.one(set).await?;
+                self.batcher.one(publish).await.map(drop)
+            }
+        }
+    }
+
+    async fn get_view(&self, category: &str) -> Result<Option<Vec<u8>>> {
+        let key = keys::view(category);
+        let mut get = redis::cmd("GET");
+        get.arg(key.as_slice());
+        match self.batcher.one(get).await? {
+            Value::Nil => Ok(None),
+            Value::BulkString(bytes) => Ok(Some(bytes)),
+            other => Err(corrupt(
+                &String::from_utf8_lossy(&key),
+                format!("GET answered {other:?}"),
+            )),
+        }
+    }
+
+    async fn invalidations(&self) -> Result<BoxStream<'static, Invalidation>> {
+        let subscriber = self
+            .subscriber
+            .get_or_try_init(|| Subscriber::start(self.pubsub_nodes.clone(), self.connect_timeout))
+            .await?;
+        Ok(subscriber.listen())
     }
 }
 

@@ -78,3 +78,68 @@ where
         latency_us,
     }
 }
+
+/// Open-loop load: `concurrency` workers together send `rate` requests per second on a fixed
+/// schedule for `duration`. Latency is measured from each request's *scheduled* send time, so a
+/// stall that delays later requests counts against them (no coordinated omission).
+pub async fn drive_rate<F, Fut>(
+    concurrency: usize,
+    rate: f64,
+    duration: Duration,
+    request: F,
+) -> Report
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let start = Instant::now() + Duration::from_millis(20);
+    let deadline = start + duration;
+    let interval = Duration::from_secs_f64(concurrency as f64 / rate.max(1e-3));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|worker| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid");
+                let (mut ok, mut errors) = (0u64, 0u64);
+                // Spread the workers' schedules evenly over one interval.
+                let mut due = start + interval.mul_f64(worker as f64 / concurrency as f64);
+                let mut i = 0u64;
+                while due < deadline {
+                    tokio::time::sleep_until(due.into()).await;
+                    match request(worker, i).await {
+                        Ok(()) => {
+                            ok += 1;
+                            hist.saturating_record(due.elapsed().as_micros() as u64);
+                        }
+                        Err(error) => {
+                            if errors < 3 {
+                                eprintln!("request failed: {error}");
+                            }
+                            errors += 1;
+                        }
+                    }
+                    i += 1;
+                    due += interval;
+                }
+                (hist, ok, errors)
+            })
+        })
+        .collect();
+    let mut latency_us = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .expect("static histogram bounds are valid");
+    let (mut requests, mut errors) = (0, 0);
+    for worker in workers {
+        if let Ok((hist, ok, err)) = worker.await {
+            latency_us.add(&hist).ok();
+            requests += ok;
+            errors += err;
+        }
+    }
+    Report {
+        requests,
+        errors,
+        elapsed: start.elapsed(),
+        latency_us,
+    }
+}

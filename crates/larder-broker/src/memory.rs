@@ -1,0 +1,200 @@
+//! In-process broker: one unbounded channel per stage, whose receiver the stage's consumers
+//! take turns on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+
+use crate::metrics::{self, ACKED, DELIVERED, PUBLISHED};
+use crate::{Broker, BrokerError, BrokerOptions, Delivery, Subscription};
+
+struct Message {
+    id: u64,
+    payload: Vec<u8>,
+}
+
+/// The queue into one stage.
+struct Stage {
+    name: String,
+    tx: UnboundedSender<Message>,
+    /// Competing consumers share the one receiver. A tokio mutex, because a consumer holds it
+    /// across the wait for the next message; that also makes "each message to one consumer"
+    /// true by construction.
+    rx: tokio::sync::Mutex<UnboundedReceiver<Message>>,
+    /// Published but not yet handed out.
+    queued: AtomicU64,
+    /// Handed out but not yet acked. A std mutex: only held for an insert or a remove.
+    unacked: Mutex<HashSet<u64>>,
+}
+
+impl Stage {
+    fn new(name: &str) -> Stage {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Stage {
+            name: name.to_owned(),
+            tx,
+            rx: tokio::sync::Mutex::new(rx),
+            queued: AtomicU64::new(0),
+            unacked: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn unacked(&self) -> MutexGuard<'_, HashSet<u64>> {
+        // The set stays consistent even if a holder panicked: every critical section is one
+        // insert, remove or len.
+        self.unacked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(crate) struct MemoryBroker {
+    stages: Mutex<HashMap<String, Arc<Stage>>>,
+    next_id: AtomicU64,
+}
+
+impl MemoryBroker {
+    /// No option applies in memory: nothing is redelivered (so nothing is reclaimed or
+    /// dead-lettered) and the queues are unbounded on purpose (see [`crate::memory`]).
+    pub(crate) fn new(_options: BrokerOptions) -> MemoryBroker {
+        MemoryBroker {
+            stages: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn stage(&self, name: &str) -> Arc<Stage> {
+        let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
+        stages
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Stage::new(name)))
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(&self, stage: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let stage = self.stage(stage);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Count before sending so that `backlog` never under-counts a message in transit.
+        stage.queued.fetch_add(1, Ordering::SeqCst);
+        let message = Message {
+            id,
+            payload: payload.to_vec(),
+        };
+        if stage.tx.send(message).is_err() {
+            // Unreachable while `stage` (which owns the receiver) is alive; kept as an error
+            // rather than a panic.
+            stage.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(BrokerError::Unavailable(format!(
+                "in-memory queue {:?} is closed",
+                stage.name
+            )));
+        }
+        metrics::count(PUBLISHED, &stage.name);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        stage: &str,
+        consumer: &str,
+    ) -> Result<Arc<dyn Subscription>, BrokerError> {
+        tracing::debug!(stage, consumer, "memory subscription");
+        Ok(Arc::new(MemorySubscription {
+            stage: self.stage(stage),
+        }))
+    }
+
+    async fn backlog(&self, stage: &str) -> Result<u64, BrokerError> {
+        let stage = self.stage(stage);
+        let unacked = stage.unacked().len() as u64;
+        Ok(stage.queued.load(Ordering::SeqCst) + unacked)
+    }
+
+    async fn dead_letters(
+        &self,
+        _stage: &str,
+        _limit: usize,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        Ok(Vec::new())
+    }
+}
+
+struct MemorySubscription {
+    stage: Arc<Stage>,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next(&self, block: Duration) -> Result<Option<Delivery>, BrokerError> {
+        let stage = &self.stage;
+        // Both the lock and `recv` are cancel-safe, so giving up at the deadline loses nothing.
+        // `timeout` polls the inner future before its deadline, so a zero `block` still takes a
+        // message that is already queued.
+        let received = tokio::time::timeout(block, async {
+            let mut rx = stage.rx.lock().await;
+            rx.recv().await
+        })
+        .await;
+        let message = match received {
+            Ok(Some(message)) => message,
+            // Timed out, or (unreachable: the stage owns a sender) the channel closed.
+            Ok(None) | Err(_) => return Ok(None),
+        };
+        // Insert before decrementing `queued`, so `backlog` never dips below the truth.
+        stage.unacked().insert(message.id);
+        stage.queued.fetch_sub(1, Ordering::SeqCst);
+        metrics::count(DELIVERED, &stage.name);
+        Ok(Some(Delivery {
+            id: message.id.to_string(),
+            payload: message.payload,
+            deliveries: 1,
+        }))
+    }
+
+    async fn ack(&self, id: &str) -> Result<(), BrokerError> {
+        let id: u64 = id
+            .parse()
+            .map_err(|_| BrokerError::InvalidId(id.to_owned()))?;
+        if self.stage.unacked().remove(&id) {
+            metrics::count(ACKED, &self.stage.name);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn zero_block_takes_a_queued_message_and_bad_ids_are_rejected() {
+        let broker = MemoryBroker::new(BrokerOptions::default());
+        let sub = broker.subscribe("s", "c").await.expect("subscribe");
+        assert!(sub.next(Duration::ZERO).await.expect("next").is_none());
+        broker.publish("s", b"x").await.expect("publish");
+        let d = sub
+            .next(Duration::ZERO)
+            .await
+            .expect("next")
+            .expect("a queued message is taken without waiting");
+        assert_eq!(d.payload, b"x");
+        assert!(matches!(
+            sub.ack("not-a-number").await,
+            Err(BrokerError::InvalidId(_))
+        ));
+        // An id that was never handed out is harmless, like a repeated ack.
+        sub.ack("999999").await.expect("unknown id");
+        assert_eq!(broker.backlog("s").await.expect("backlog"), 1);
+        sub.ack(&d.id).await.expect("ack");
+        assert_eq!(broker.backlog("s").await.expect("backlog"), 0);
+    }
+}

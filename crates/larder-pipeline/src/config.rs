@@ -1,0 +1,109 @@
+//! `[pipeline]` of Larder's config: providers, the four stages, which of them this process
+//! runs, the broker, and the example categories seeded on an empty DB.
+
+use larder_providers::{Latency, ProviderConfig, ProviderKind};
+use serde::{Deserialize, Serialize};
+
+use crate::job::StageKind;
+use crate::stages::{
+    evaluate::EvaluateConfig, filter::FilterConfig, generate::GenerateConfig, rank::RankConfig,
+};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Every provider stages may name. Default: simulated generators and a judge, 6.3 s mean
+    /// latency like a live model, so the offline demo behaves like the real thing.
+    pub providers: Vec<ProviderConfig>,
+    pub generate: GenerateConfig,
+    pub filter: FilterConfig,
+    pub evaluate: EvaluateConfig,
+    pub rank: RankConfig,
+    /// Stages `larder serve` runs in-process. Empty when `larder worker` processes run them.
+    pub stages: Vec<StageKind>,
+    /// `memory` (in-process channels), `redis` (Redis Streams on the `--store` Redis), a
+    /// `redis://…`/`redis-cluster://…` URL, or `auto`: memory on the embedded store, Redis
+    /// Streams on a Redis store.
+    pub broker: String,
+    /// A message not acknowledged for this long (a killed worker) is handed to another worker.
+    pub claim_idle_ms: u64,
+    /// After this many deliveries a message goes to the dead-letter stream.
+    pub max_deliveries: u64,
+    /// Minimum time between two generations queued for one category by registration,
+    /// requests for a pending category, or refresh.
+    pub generation_cooldown_ms: i64,
+    /// Categories registered at startup when the DB has none (the offline demo).
+    pub seed_categories: Vec<SeedCategory>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedCategory {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub locale: Option<String>,
+}
+
+fn simulated(name: &str, model: &str, seed: u64) -> ProviderConfig {
+    ProviderConfig {
+        name: name.into(),
+        kind: ProviderKind::Simulated {
+            seed,
+            model: Some(model.into()),
+            latency: Latency {
+                mean_ms: 6_300,
+                jitter: 0.25,
+            },
+        },
+        limits: larder_providers::Limits {
+            concurrency: 64,
+            ..Default::default()
+        },
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let seed = |name: &str, locale: &str, description: &str| SeedCategory {
+            name: name.into(),
+            description: Some(description.into()),
+            locale: Some(locale.into()),
+        };
+        PipelineConfig {
+            providers: vec![
+                simulated("sim-writer-a", "sim-gpt", 1),
+                simulated("sim-writer-b", "sim-hyperclova-x", 2),
+                simulated("sim-judge", "sim-judge", 3),
+            ],
+            generate: GenerateConfig::default(),
+            filter: FilterConfig::default(),
+            evaluate: EvaluateConfig::default(),
+            rank: RankConfig::default(),
+            stages: StageKind::ALL.to_vec(),
+            broker: "auto".into(),
+            claim_idle_ms: 30_000,
+            max_deliveries: 5,
+            generation_cooldown_ms: 30_000,
+            seed_categories: vec![
+                seed("이사 준비", "ko", "이사할 때 챙길 일 체크리스트"),
+                seed("여행 준비", "ko", "여행 떠나기 전 준비물과 할 일"),
+                seed("moving house", "en", "Checklist items for moving house"),
+                seed("travel packing", "en", "What to pack and do before a trip"),
+            ],
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The same pipeline with every simulated provider answering at once (tests, benches).
+    pub fn without_latency(mut self) -> Self {
+        for provider in &mut self.providers {
+            if let ProviderKind::Simulated { latency, .. } = &mut provider.kind {
+                latency.mean_ms = 0;
+            }
+        }
+        self
+    }
+}

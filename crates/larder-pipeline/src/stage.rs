@@ -1,0 +1,90 @@
+//! The one shape every stage has: a config type whose `build()` makes the runtime part, and a
+//! [`Stage`] that turns one job into the jobs for the next stages. Stages know nothing about
+//! brokers or processes; [`crate::runner`] moves their jobs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use larder_db::Db;
+use larder_providers::Provider;
+use larder_store::Store;
+
+use crate::job::{Job, StageKind};
+
+/// What stages may use: the main DB, the serving store and the configured providers.
+#[derive(Clone)]
+pub struct Deps {
+    pub db: Db,
+    pub store: Arc<dyn Store>,
+    pub providers: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Deps {
+    /// The providers named in a stage's config, in order.
+    pub fn providers(
+        &self,
+        names: &[String],
+        stage: StageKind,
+    ) -> Result<Vec<Arc<dyn Provider>>, StageError> {
+        names
+            .iter()
+            .map(|name| {
+                self.providers.get(name).cloned().ok_or_else(|| {
+                    StageError::Config(format!(
+                        "pipeline.{}: unknown provider {name:?} (configure it under [[pipeline.providers]])",
+                        stage.as_str()
+                    ))
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Bad configuration, found at build time.
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Db(#[from] larder_db::DbError),
+    #[error(transparent)]
+    Store(#[from] larder_store::StoreError),
+    /// Every provider call of the job failed; the job should be retried later.
+    #[error("providers failed: {0}")]
+    Providers(String),
+}
+
+#[async_trait]
+pub trait Stage: Send + Sync + 'static {
+    fn kind(&self) -> StageKind;
+    /// How many jobs one process works on at once (pipeline work is bounded so that it never
+    /// crowds out serving).
+    fn concurrency(&self) -> usize;
+    /// Handle one job. The returned jobs are published to their stages before the input is
+    /// acknowledged; an error leaves the input unacknowledged, so the broker redelivers it.
+    async fn process(&self, job: Job) -> Result<Vec<Job>, StageError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The locale to generate and check a category in: the configured one, else Korean when the
+/// name has Hangul, else English.
+pub fn category_locale(name: &str, configured: Option<&str>) -> String {
+    match configured {
+        Some(locale) if !locale.is_empty() => locale.to_string(),
+        _ if name
+            .chars()
+            .any(|c| crate::text::script_of(c) == crate::text::Script::Hangul) =>
+        {
+            "ko".to_string()
+        }
+        _ => "en".to_string(),
+    }
+}

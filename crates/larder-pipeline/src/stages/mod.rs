@@ -1,0 +1,7 @@
+//! The four stages, in flow order. Each is one file of one shape: a config type with
+//! `build(&Deps)`, the stage struct implementing [`crate::stage::Stage`], and `mod tests`.
+
+pub mod evaluate;
+pub mod filter;
+pub mod generate;
+pub mod rank;

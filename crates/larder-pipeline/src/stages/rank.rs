@@ -1,0 +1,308 @@
+//! **rank**: recompute a category from the main DB and publish its serving view.
+//!
+//! - Items whose evaluation is done join the active pool.
+//! - Every active item gets a Beta posterior (prior from the evaluators, updated by feedback;
+//!   see [`crate::view`]).
+//! - Items that keep losing (many impressions, posterior mean below `retire_below`) are retired.
+//! - The view (best `view_size` by posterior mean) is written to the store, which announces it
+//!   to serving nodes over pub/sub.
+//! - **Refill**: when fewer than `pool_target` items are active, generation is queued, at most
+//!   once per `refill_cooldown_ms` per category (the claim is a single atomic DB update, so
+//!   several rank workers never queue it twice).
+//!
+//! Recomputing from the DB makes the stage idempotent: a redelivered job writes the same view.
+
+use async_trait::async_trait;
+use larder_db::ItemStatus;
+use serde::{Deserialize, Serialize};
+
+use crate::job::{GenerateJob, Job, RankJob, StageKind};
+use crate::names;
+use crate::stage::{now_ms, Deps, Stage, StageError};
+use crate::view::{posterior, prior, View, ViewItem};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RankConfig {
+    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count).
+    pub prior_strength: f64,
+    /// Active items kept per category; fewer queues generation.
+    pub pool_target: usize,
+    /// Items in the serving view.
+    pub view_size: usize,
+    pub refill_cooldown_ms: i64,
+    /// Retire an item once it has this many impressions and its posterior mean is below
+    /// `retire_below`.
+    pub retire_min_impressions: u64,
+    pub retire_below: f64,
+    pub concurrency: usize,
+}
+
+impl Default for RankConfig {
+    fn default() -> Self {
+        RankConfig {
+            prior_strength: 10.0,
+            pool_target: 30,
+            view_size: 100,
+            refill_cooldown_ms: 60_000,
+            retire_min_impressions: 200,
+            retire_below: 0.01,
+            concurrency: 4,
+        }
+    }
+}
+
+impl RankConfig {
+    pub fn build(&self, deps: &Deps) -> Result<RankStage, StageError> {
+        if self.prior_strength < 0.0 || self.view_size == 0 || self.concurrency == 0 {
+            return Err(StageError::Config(
+                "pipeline.rank: prior_strength must be >= 0, view_size and concurrency >= 1".into(),
+            ));
+        }
+        Ok(RankStage {
+            config: self.clone(),
+            deps: deps.clone(),
+        })
+    }
+}
+
+pub struct RankStage {
+    config: RankConfig,
+    deps: Deps,
+}
+
+impl RankStage {
+    async fn rank(&self, job: RankJob) -> Result<Vec<Job>, StageError> {
+        let db = &self.deps.db;
+        let mut inputs = db.rank_inputs(&job.category).await?;
+        let activate: Vec<String> = inputs
+            .iter()
+            .filter(|i| i.status == ItemStatus::Pending && job.activate.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect();
+        if !activate.is_empty() {
+            db.set_status(&job.category, &activate, ItemStatus::Active, None)
+                .await?;
+            for input in inputs.iter_mut().filter(|i| activate.contains(&i.id)) {
+                input.status = ItemStatus::Active;
+            }
+        }
+        let mut items = Vec::new();
+        let mut retire = Vec::new();
+        for input in inputs
+            .into_iter()
+            .filter(|i| i.status == ItemStatus::Active)
+        {
+            let (alpha, beta) = posterior(
+                prior(input.eval_mean, self.config.prior_strength),
+                input.selections,
+                input.weighted_impressions,
+            );
+            let item = ViewItem {
+                id: input.id,
+                text: input.text,
+                alpha,
+                beta,
+            };
+            if input.impressions >= self.config.retire_min_impressions
+                && item.mean() < self.config.retire_below
+            {
+                retire.push(item.id);
+            } else {
+                items.push(item);
+            }
+        }
+        if !retire.is_empty() {
+            db.set_status(
+                &job.category,
+                &retire,
+                ItemStatus::Rejected,
+                Some("retired: lost to feedback"),
+            )
+            .await?;
+            metrics::counter!(names::RETIRED).increment(retire.len() as u64);
+        }
+        let active = items.len();
+        let now = now_ms();
+        let view = View::new(job.category.clone(), now, items, self.config.view_size);
+        self.deps
+            .store
+            .put_view(&job.category, &view.encode())
+            .await?;
+        metrics::counter!(names::VIEWS_WRITTEN).increment(1);
+        tracing::debug!(category = %job.category, active, retired = retire.len(), "view written");
+
+        if active < self.config.pool_target
+            && db
+                .claim_generation(&job.category, now, self.config.refill_cooldown_ms)
+                .await?
+        {
+            metrics::counter!(names::REFILLS, "reason" => if retire.is_empty() { "low_pool" } else { "losing" })
+                .increment(1);
+            return Ok(vec![Job::Generate(GenerateJob {
+                category: job.category,
+                reason: "refill".into(),
+            })]);
+        }
+        Ok(Vec::new())
+    }
+}
+
+#[async_trait]
+impl Stage for RankStage {
+    fn kind(&self) -> StageKind {
+        StageKind::Rank
+    }
+
+    fn concurrency(&self) -> usize {
+        self.config.concurrency
+    }
+
+    async fn process(&self, job: Job) -> Result<Vec<Job>, StageError> {
+        match job {
+            Job::Rank(job) => self.rank(job).await,
+            other => Ok(vec![other]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{deps, insert_pending};
+    use crate::view::position_weight;
+    use larder_db::{Evaluation, FeedbackEvent, FeedbackKind};
+
+    async fn view(deps: &Deps, category: &str) -> View {
+        let bytes = deps
+            .store
+            .get_view(category)
+            .await
+            .expect("reads")
+            .expect("view exists");
+        View::decode(&bytes).expect("decodes")
+    }
+
+    #[tokio::test]
+    async fn evaluated_items_are_served_best_first_and_feedback_reorders() {
+        let deps = deps().await;
+        let ids = insert_pending(
+            &deps,
+            "moving house",
+            &["Book the movers", "Label boxes", "Buy tape"],
+        )
+        .await;
+        let evaluations: Vec<Evaluation> = ids
+            .iter()
+            .zip([9.0, 5.0, 2.0])
+            .map(|(id, score)| Evaluation {
+                item_id: id.clone(),
+                evaluator: "judge".into(),
+                model: "m".into(),
+                score,
+                reason: None,
+                created_at_ms: 0,
+            })
+            .collect();
+        deps.db.put_evaluations(&evaluations).await.expect("stores");
+        let stage = RankConfig::default().build(&deps).expect("builds");
+        let out = stage
+            .process(Job::Rank(RankJob {
+                category: "moving house".into(),
+                activate: ids.clone(),
+            }))
+            .await
+            .expect("ranks");
+        // 3 active < pool_target: generation is queued once, then not again within the cooldown.
+        assert!(matches!(out.as_slice(), [Job::Generate(g)] if g.reason == "refill"));
+        let first = view(&deps, "moving house").await;
+        let order: Vec<&str> = first.items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(order, [ids[0].as_str(), ids[1].as_str(), ids[2].as_str()]);
+
+        // All three are shown 30 times and users keep picking the worst one: it moves first.
+        let impression = |id: &String, position: u32| FeedbackEvent {
+            item_id: id.clone(),
+            kind: FeedbackKind::Impression,
+            position,
+            weight: position_weight(position),
+            at_ms: 0,
+        };
+        let events: Vec<FeedbackEvent> = (0..30)
+            .flat_map(|_| {
+                [
+                    impression(&ids[0], 0),
+                    impression(&ids[1], 1),
+                    impression(&ids[2], 2),
+                    FeedbackEvent {
+                        kind: FeedbackKind::Select,
+                        ..impression(&ids[2], 2)
+                    },
+                ]
+            })
+            .collect();
+        deps.db
+            .record_feedback("moving house", &events)
+            .await
+            .expect("records");
+        let out = stage
+            .process(Job::Rank(RankJob {
+                category: "moving house".into(),
+                activate: vec![],
+            }))
+            .await
+            .expect("ranks");
+        assert!(out.is_empty(), "refill is on cooldown: {out:?}");
+        let second = view(&deps, "moving house").await;
+        assert_eq!(second.items[0].id, ids[2]);
+    }
+
+    #[tokio::test]
+    async fn items_that_keep_losing_are_retired() {
+        let deps = deps().await;
+        let ids = insert_pending(&deps, "c", &["Loser item", "Fine item"]).await;
+        let stage = RankConfig {
+            retire_min_impressions: 50,
+            retire_below: 0.05,
+            ..Default::default()
+        }
+        .build(&deps)
+        .expect("builds");
+        stage
+            .process(Job::Rank(RankJob {
+                category: "c".into(),
+                activate: ids.clone(),
+            }))
+            .await
+            .expect("ranks");
+        let events: Vec<FeedbackEvent> = (0..300)
+            .map(|_| FeedbackEvent {
+                item_id: ids[0].clone(),
+                kind: FeedbackKind::Impression,
+                position: 0,
+                weight: 1.0,
+                at_ms: 0,
+            })
+            .collect();
+        deps.db
+            .record_feedback("c", &events)
+            .await
+            .expect("records");
+        stage
+            .process(Job::Rank(RankJob {
+                category: "c".into(),
+                activate: vec![],
+            }))
+            .await
+            .expect("ranks");
+        let served = view(&deps, "c").await;
+        assert_eq!(served.items.len(), 1);
+        assert_eq!(served.items[0].id, ids[1]);
+        let detail = deps
+            .db
+            .item("c", &ids[0])
+            .await
+            .expect("reads")
+            .expect("exists");
+        assert_eq!(detail.item.status, ItemStatus::Rejected);
+    }
+}

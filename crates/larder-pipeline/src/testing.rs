@@ -1,0 +1,55 @@
+//! Test support for the stages' unit tests: an in-memory DB and store, and the default
+//! simulated providers without latency. (Redis-backed runs are in `tests/`.)
+
+use larder_db::{Db, ItemStatus, NewItem};
+use larder_store::StoreOptions;
+
+use crate::config::PipelineConfig;
+use crate::runner::build_providers;
+use crate::stage::Deps;
+use crate::text;
+
+pub async fn deps() -> Deps {
+    let db = Db::connect("sqlite::memory:").await.expect("memory DB");
+    let store = larder_store::open(
+        "embedded",
+        &StoreOptions {
+            ephemeral: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("memory store");
+    let providers = build_providers(&PipelineConfig::default().without_latency().providers)
+        .expect("providers build");
+    Deps {
+        db,
+        store,
+        providers,
+    }
+}
+
+/// Register `category` and insert `texts` as pending items; returns their ids in order.
+pub async fn insert_pending(deps: &Deps, category: &str, texts: &[&str]) -> Vec<String> {
+    deps.db
+        .register_category(category, None, None, 0)
+        .await
+        .expect("registers");
+    let items: Vec<NewItem> = texts
+        .iter()
+        .map(|t| NewItem {
+            id: text::item_id(category, t),
+            category: category.into(),
+            text: (*t).into(),
+            norm: text::normalize(t),
+            provider: "p".into(),
+            model: "m".into(),
+            created_at_ms: 0,
+            status: ItemStatus::Pending,
+            reason: None,
+        })
+        .collect();
+    let ids: Vec<String> = items.iter().map(|i| i.id.clone()).collect();
+    deps.db.insert_items(&items).await.expect("inserts");
+    ids
+}

@@ -1,0 +1,367 @@
+//! The limits layer every built provider goes through: a concurrency semaphore, an evenly
+//! spaced requests-per-minute limiter, a per-attempt timeout, retries with exponential backoff
+//! and full jitter that honour `Retry-After`, and the provider metrics.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use crate::config::Limits;
+use crate::metrics as names;
+use crate::{ChatRequest, ChatResponse, Provider, ProviderError};
+
+/// A `Retry-After` longer than this is not slept through: the error goes back to the caller
+/// (the pipeline re-queues the work) instead of pinning a task for many minutes.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+pub(crate) struct Limited<P> {
+    inner: P,
+    limits: Limits,
+    permits: Semaphore,
+    rate: Option<DefaultDirectRateLimiter>,
+}
+
+impl<P: Provider> Limited<P> {
+    pub(crate) fn new(inner: P, limits: Limits) -> Limited<P> {
+        let rate = NonZeroU32::new(limits.requests_per_minute).map(|rpm| {
+            // One cell per period and a burst of 1: requests are spaced evenly, so "120 per
+            // minute" never becomes 120 at once followed by a minute of 429s.
+            let period = Duration::from_secs(60) / rpm.get();
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_minute(rpm))
+                .allow_burst(NonZeroU32::MIN);
+            RateLimiter::direct(quota)
+        });
+        Limited {
+            permits: Semaphore::new(limits.concurrency.max(1)),
+            inner,
+            limits,
+            rate,
+        }
+    }
+
+    /// One HTTP attempt under a permit, the rate limiter and the timeout.
+    async fn attempt(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        // The permit is taken before the rate-limit wait: waiting for a rate cell first and
+        // a permit later would let cells pile up and then fire together.
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Config("provider limiter closed".into()))?;
+        if let Some(rate) = &self.rate {
+            rate.until_ready().await;
+        }
+        let call = self.inner.chat(request);
+        if self.limits.timeout_ms == 0 {
+            return call.await;
+        }
+        let timeout = Duration::from_millis(self.limits.timeout_ms);
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout(timeout)))
+    }
+
+    /// Full jitter (uniform in 0..=min(max, base·2^attempt)), but never shorter than the
+    /// server's `Retry-After`. A little jitter on top of `Retry-After` keeps many waiting
+    /// callers from retrying in the same millisecond.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let cap = self
+            .limits
+            .backoff_base_ms
+            .saturating_mul(1u64.checked_shl(attempt.min(32)).unwrap_or(u64::MAX))
+            .min(self.limits.backoff_max_ms);
+        let mut rng = rand::rng();
+        match retry_after {
+            Some(after) => {
+                after + Duration::from_millis(rng.random_range(0..=self.limits.backoff_base_ms))
+            }
+            None => Duration::from_millis(rng.random_range(0..=cap)),
+        }
+    }
+
+    fn count(&self, metric: &'static str, label: &'static str, value: &'static str, n: u64) {
+        metrics::counter!(metric, "provider" => self.inner.name().to_owned(),
+            "model" => self.inner.model().to_owned(), label => value)
+        .increment(n);
+    }
+}
+
+#[async_trait::async_trait]
+impl<P: Provider> Provider for Limited<P> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn model(&self) -> &str {
+        self.inner.model()
+    }
+
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = self.attempt(request).await;
+            metrics::histogram!(names::REQUEST_SECONDS, "provider" => self.name().to_owned(),
+                "model" => self.model().to_owned())
+            .record(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(response) => {
+                    self.count(names::REQUESTS, "outcome", "ok", 1);
+                    self.count(
+                        names::TOKENS,
+                        "direction",
+                        "prompt",
+                        response.usage.prompt_tokens,
+                    );
+                    self.count(
+                        names::TOKENS,
+                        "direction",
+                        "completion",
+                        response.usage.completion_tokens,
+                    );
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            self.count(names::ERRORS, "kind", error.kind(), 1);
+            let retry_after = error.retry_after();
+            let give_up = !error.retryable()
+                || attempt >= self.limits.max_retries
+                || retry_after.is_some_and(|d| d > MAX_RETRY_AFTER);
+            if give_up {
+                self.count(names::REQUESTS, "outcome", "error", 1);
+                tracing::warn!(provider = self.name(), model = self.model(), attempts = attempt + 1,
+                    error = %error, "provider call failed");
+                return Err(error);
+            }
+            self.count(names::REQUESTS, "outcome", "retry", 1);
+            let delay = self.backoff(attempt, retry_after);
+            tracing::debug!(provider = self.name(), attempt = attempt + 1, delay_ms = delay.as_millis() as u64,
+                error = %error, "retrying provider call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limited")
+            .field("inner", &DescribeWith(&self.inner))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Formats a provider through `Provider::describe`.
+struct DescribeWith<'a, P>(&'a P);
+
+impl<P: Provider> fmt::Debug for DescribeWith<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.describe(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+
+    use super::*;
+    use crate::simulated::Simulated;
+    use crate::{ChatMessage, Latency, ResponseFormat, Role, Usage};
+
+    /// Records every counter increment and histogram sample as "name{label=value,…}" → sum.
+    #[derive(Default, Clone)]
+    struct Capture(Arc<Mutex<BTreeMap<String, f64>>>);
+
+    struct Handle(String, Capture);
+
+    impl CounterFn for Handle {
+        fn increment(&self, value: u64) {
+            *self
+                .1
+                 .0
+                .lock()
+                .expect("not poisoned")
+                .entry(self.0.clone())
+                .or_default() += value as f64;
+        }
+        fn absolute(&self, _value: u64) {}
+    }
+
+    impl HistogramFn for Handle {
+        fn record(&self, _value: f64) {
+            *self
+                .1
+                 .0
+                .lock()
+                .expect("not poisoned")
+                .entry(self.0.clone())
+                .or_default() += 1.0;
+        }
+    }
+
+    fn key_text(key: &Key) -> String {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Capture {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Handle(key_text(key), self.clone())))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Handle(key_text(key), self.clone())))
+        }
+    }
+
+    /// Fails `failures` times with a 429, then answers.
+    struct Flaky {
+        failures: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn kind(&self) -> &'static str {
+            "simulated"
+        }
+        fn model(&self) -> &str {
+            "m"
+        }
+        async fn chat(&self, _: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(ProviderError::RateLimited { retry_after: None });
+            }
+            Ok(ChatResponse {
+                content: "{}".into(),
+                usage: Usage {
+                    prompt_tokens: 10,
+                    completion_tokens: 3,
+                },
+            })
+        }
+    }
+
+    fn request() -> ChatRequest {
+        ChatRequest {
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: "hi".into(),
+            }],
+            response: ResponseFormat::Text,
+            temperature: None,
+            max_tokens: None,
+        }
+    }
+
+    #[test]
+    fn metrics_count_attempts_outcomes_and_tokens() {
+        let capture = Capture::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let limits = Limits {
+            max_retries: 3,
+            backoff_base_ms: 1,
+            backoff_max_ms: 2,
+            ..Limits::default()
+        };
+        let (ok, failed) = metrics::with_local_recorder(&capture, || {
+            runtime.block_on(async {
+                let ok = Limited::new(
+                    Flaky {
+                        failures: 2,
+                        calls: AtomicU32::new(0),
+                    },
+                    limits.clone(),
+                );
+                let failed = Limited::new(
+                    Flaky {
+                        failures: 100,
+                        calls: AtomicU32::new(0),
+                    },
+                    limits.clone(),
+                );
+                (ok.chat(&request()).await, failed.chat(&request()).await)
+            })
+        });
+        assert!(ok.is_ok());
+        assert!(matches!(failed, Err(ProviderError::RateLimited { .. })));
+        let seen = capture.0.lock().expect("not poisoned").clone();
+        let get = |name: &str, label: Option<(&str, &str)>| {
+            let mut labels = vec!["model=m".to_owned(), "provider=flaky".to_owned()];
+            labels.extend(label.map(|(k, v)| format!("{k}={v}")));
+            labels.sort();
+            seen.get(&format!("{name}{{{}}}", labels.join(",")))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        assert_eq!(
+            get(names::REQUESTS, Some(("outcome", "ok"))),
+            1.0,
+            "{seen:?}"
+        );
+        // 2 retries for the call that healed, 3 for the one that gave up.
+        assert_eq!(get(names::REQUESTS, Some(("outcome", "retry"))), 5.0);
+        assert_eq!(get(names::REQUESTS, Some(("outcome", "error"))), 1.0);
+        assert_eq!(get(names::ERRORS, Some(("kind", "rate_limited"))), 6.0);
+        assert_eq!(get(names::TOKENS, Some(("direction", "prompt"))), 10.0);
+        assert_eq!(get(names::TOKENS, Some(("direction", "completion"))), 3.0);
+        // One duration per attempt: 3 + 4.
+        assert_eq!(get(names::REQUEST_SECONDS, None), 7.0);
+    }
+
+    fn limited(limits: Limits) -> Limited<Simulated> {
+        Limited::new(Simulated::new("sim", 1, None, Latency::default()), limits)
+    }
+
+    #[test]
+    fn backoff_is_capped_and_honours_retry_after() {
+        let l = limited(Limits {
+            backoff_base_ms: 100,
+            backoff_max_ms: 1_000,
+            ..Limits::default()
+        });
+        for attempt in 0..40 {
+            let d = l.backoff(attempt, None);
+            let cap = (100u64 << attempt.min(20)).min(1_000);
+            assert!(d <= Duration::from_millis(cap), "attempt {attempt}: {d:?}");
+        }
+        for _ in 0..50 {
+            let d = l.backoff(0, Some(Duration::from_secs(2)));
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_millis(2_100),
+                "{d:?}"
+            );
+        }
+    }
+}

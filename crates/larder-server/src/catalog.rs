@@ -1,0 +1,176 @@
+//! The category engine behind the `/v1/categories` routes: the main DB, the pipeline queue,
+//! and an in-memory cache of serving views.
+//!
+//! Serving a category's top items never touches the DB or the pipeline: it reads a cached
+//! view ([`larder_pipeline::view::View`]), which the rank stage writes to the store and
+//! announces over pub/sub. A cached view is dropped when its announcement arrives, and re-read
+//! after `VIEW_MAX_AGE` at the latest in case an announcement was lost (the stream yields
+//! `All` after a reconnect, which clears the cache).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use larder_db::Db;
+use larder_pipeline::view::View;
+use larder_pipeline::Queue;
+use larder_store::{Invalidation, Store, StoreError};
+use tokio::sync::{watch, Notify};
+
+use crate::metrics::names;
+
+/// A present view is re-read from the store after this long even without an announcement.
+const VIEW_MAX_AGE: Duration = Duration::from_secs(5);
+/// An absent view is re-checked after this long (and the category's registration with it).
+const ABSENT_MAX_AGE: Duration = Duration::from_secs(1);
+/// Feedback on one category within this window becomes one re-rank.
+const RANK_COALESCE: Duration = Duration::from_millis(100);
+
+struct Cached {
+    view: Option<Arc<View>>,
+    at: Instant,
+}
+
+pub struct Catalog {
+    pub db: Db,
+    pub queue: Queue,
+    store: Arc<dyn Store>,
+    views: quick_cache::sync::Cache<String, Arc<Cached>>,
+    /// Bumped on every announcement, so `wait_ms` requests wake up.
+    announced: watch::Sender<u64>,
+    dirty: Mutex<HashSet<String>>,
+    dirty_notify: Notify,
+    /// The rank stage's prior strength, so item details show the same score as the view.
+    pub prior_strength: f64,
+}
+
+/// What `view` found, and whether it came from the store just now.
+pub struct Lookup {
+    pub view: Option<Arc<View>>,
+    pub loaded: bool,
+}
+
+impl Catalog {
+    pub fn new(db: Db, queue: Queue, store: Arc<dyn Store>, prior_strength: f64) -> Arc<Catalog> {
+        Arc::new(Catalog {
+            db,
+            queue,
+            store,
+            views: quick_cache::sync::Cache::new(100_000),
+            announced: watch::channel(0).0,
+            dirty: Mutex::new(HashSet::new()),
+            dirty_notify: Notify::new(),
+            prior_strength,
+        })
+    }
+
+    /// The category's view: from the cache while fresh, else from the store.
+    pub async fn view(&self, category: &str) -> Result<Lookup, StoreError> {
+        let cached = self.views.get(category);
+        if let Some(cached) = &cached {
+            let max_age = if cached.view.is_some() {
+                VIEW_MAX_AGE
+            } else {
+                ABSENT_MAX_AGE
+            };
+            if cached.at.elapsed() < max_age {
+                metrics::counter!(names::VIEW_CACHE, "result" => "hit").increment(1);
+                return Ok(Lookup {
+                    view: cached.view.clone(),
+                    loaded: false,
+                });
+            }
+        }
+        metrics::counter!(names::VIEW_CACHE, "result" => "miss").increment(1);
+        let view = match self.store.get_view(category).await {
+            Ok(bytes) => bytes.and_then(|bytes| match View::decode(&bytes) {
+                Ok(view) => Some(Arc::new(view)),
+                Err(error) => {
+                    tracing::error!(category, %error, "undecodable serving view ignored");
+                    None
+                }
+            }),
+            // The store is down: keep serving the last view we had.
+            Err(error) => match cached.and_then(|c| c.view.clone()) {
+                Some(view) => {
+                    tracing::debug!(category, %error, "store down; serving the cached view");
+                    return Ok(Lookup {
+                        view: Some(view),
+                        loaded: false,
+                    });
+                }
+                None => return Err(error),
+            },
+        };
+        self.views.insert(
+            category.to_string(),
+            Arc::new(Cached {
+                view: view.clone(),
+                at: Instant::now(),
+            }),
+        );
+        Ok(Lookup { view, loaded: true })
+    }
+
+    /// Wait until a view is announced (any category) or `deadline` passes.
+    pub async fn wait_for_announcement(&self, deadline: Instant) {
+        let mut changed = self.announced.subscribe();
+        changed.mark_unchanged();
+        let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+    }
+
+    fn announce(&self, invalidation: Invalidation) {
+        match invalidation {
+            Invalidation::Category(category) => {
+                self.views.remove(&category);
+            }
+            Invalidation::All => self.views.clear(),
+        }
+        self.announced.send_modify(|n| *n += 1);
+    }
+
+    /// Follow the store's view announcements for as long as the server runs.
+    pub async fn follow_announcements(self: Arc<Self>) {
+        loop {
+            match self.store.invalidations().await {
+                Ok(mut stream) => {
+                    while let Some(invalidation) = stream.next().await {
+                        self.announce(invalidation);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot follow view announcements; retrying"),
+            }
+            // The stream ended or could not start: anything may have changed meanwhile.
+            self.announce(Invalidation::All);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Ask for a re-rank of `category` after feedback (coalesced, see [`Self::rank_dirty`]).
+    pub fn feedback_arrived(&self, category: &str) {
+        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if dirty.insert(category.to_string()) {
+            self.dirty_notify.notify_one();
+        }
+    }
+
+    /// Queue one re-rank per category that got feedback, at most every `RANK_COALESCE`:
+    /// a burst of feedback costs one rank job, not one per event. The feedback itself is
+    /// already durable in the DB; a re-rank lost to a crash is redone by the next one.
+    pub async fn rank_dirty(self: Arc<Self>) {
+        loop {
+            self.dirty_notify.notified().await;
+            tokio::time::sleep(RANK_COALESCE).await;
+            let categories: Vec<String> = {
+                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
+                dirty.drain().collect()
+            };
+            for category in categories {
+                if let Err(error) = self.queue.rank(&category).await {
+                    tracing::warn!(category = %category, %error, "cannot queue re-rank after feedback");
+                }
+            }
+        }
+    }
+}

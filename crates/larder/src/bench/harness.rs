@@ -1,0 +1,167 @@
+//! Child processes for self-contained benches: `larder mock-llm` and `larder serve` started
+//! from this very binary, killed on drop. Separate processes keep the load generator, the
+//! server and the mock provider from sharing one async runtime, as they would in production.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct ChildProcess {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn larder() -> Result<Command, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the larder binary: {e}"))?;
+    Ok(Command::new(exe))
+}
+
+/// `larder mock-llm` on a free port with `latency_ms`; its URL is read from its first line.
+pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, String> {
+    let mut child = larder()?
+        .args([
+            "mock-llm",
+            "--listen",
+            "127.0.0.1:0",
+            "--latency-ms",
+            &latency_ms.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start larder mock-llm: {e}"))?;
+    let stdout = child.stdout.take().ok_or("mock-llm has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("mock-llm did not start: {e}"))?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http://"))
+        .ok_or_else(|| format!("mock-llm printed {line:?}, not its address"))?
+        .to_string();
+    Ok(ChildProcess { child, url })
+}
+
+/// A free loopback port (bound and released; the OS does not hand it out again at once).
+pub fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+/// `larder serve --config FILE --listen 127.0.0.1:PORT`, ready once `/readyz` answers 200.
+pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess, String> {
+    let port = free_port()?;
+    let child = larder()?
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start larder serve: {e}"))?;
+    let server = ChildProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{}/readyz", server.url)).send().await {
+            if resp.status().is_success() {
+                return Ok(server);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("larder serve did not become ready within 30 s".into())
+}
+
+/// Sum of every sample of metric `name` in a Prometheus text page (all label sets).
+pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f64, String> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot read {url}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// The config of a bench server: embedded memory store, every provider on the mock server
+/// (an OpenAI-compatible writer, a CLOVA Studio v3 writer, an OpenAI-compatible judge).
+pub fn bench_config(
+    mock_url: &str,
+    generators: &[&str],
+    provider_concurrency: usize,
+    generate_concurrency: usize,
+) -> String {
+    let generators = generators
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"store = "embedded"
+ephemeral = true
+
+[pipeline]
+seed_categories = []
+generation_cooldown_ms = 0
+
+[pipeline.generate]
+generators = [{generators}]
+concurrency = {generate_concurrency}
+
+[pipeline.evaluate]
+evaluators = ["mock-judge"]
+
+[[pipeline.providers]]
+name = "mock-gpt"
+kind = "openai"
+base_url = "{mock_url}/v1"
+model = "gpt-4o-mock"
+limits = {{ concurrency = {provider_concurrency}, max_retries = 2 }}
+
+[[pipeline.providers]]
+name = "mock-clova"
+kind = "clova-v3"
+base_url = "{mock_url}"
+model = "HCX-005"
+api_key_env = "LARDER_BENCH_CLOVA_KEY"
+limits = {{ concurrency = {provider_concurrency}, max_retries = 2 }}
+
+[[pipeline.providers]]
+name = "mock-judge"
+kind = "openai"
+base_url = "{mock_url}/v1"
+model = "judge-mock"
+limits = {{ concurrency = {provider_concurrency}, max_retries = 2 }}
+"#
+    )
+}

@@ -1,0 +1,105 @@
+//! `larder rebuild`: recompute every category's serving view from the main DB and write it to
+//! the store, e.g. after a Redis was lost or flushed. It runs the rank stage's own computation
+//! (one mechanism, so a rebuilt view is exactly what the pipeline would have written), but
+//! queues nothing: refills stay the running pipeline's business.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use larder_pipeline::job::RankJob;
+use larder_pipeline::{Job, Stage, StageKind};
+use larder_server::config::{Config, Overrides};
+
+#[derive(Args)]
+pub struct RebuildArgs {
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The store to write views to [env: LARDER_STORE] [default: embedded]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Data directory of the embedded store [env: LARDER_DATA_DIR]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Main DB [env: LARDER_DB] [default: sqlite://<data-dir>/larder.db]
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Only this category (repeatable); default: all.
+    #[arg(long, value_name = "NAME")]
+    category: Vec<String>,
+}
+
+pub async fn run(args: RebuildArgs) -> i32 {
+    let overrides = Overrides {
+        store: args.store,
+        data_dir: args.data_dir,
+        db: args.db,
+        ..Overrides::default()
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    match rebuild(&config, args.category).await {
+        Ok(n) => {
+            println!("rebuilt {n} serving views");
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
+
+async fn rebuild(config: &Config, only: Vec<String>) -> Result<usize, String> {
+    let store = larder_store::open(&config.store, &config.store_options())
+        .await
+        .map_err(|e| format!("cannot open store {}: {e}", config.store))?;
+    let db_url = config.db_url();
+    let db = larder_db::Db::connect(&db_url)
+        .await
+        .map_err(|e| format!("cannot open the main DB {db_url}: {e}"))?;
+    let categories: Vec<String> = if only.is_empty() {
+        db.categories()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|c| c.name)
+            .collect()
+    } else {
+        only
+    };
+    let deps = larder_pipeline::Deps {
+        db,
+        store,
+        providers: HashMap::new(),
+    };
+    // pool_target 0: no refill claims, which would otherwise hold back the real pipeline.
+    let rank_config = larder_pipeline::stages::rank::RankConfig {
+        pool_target: 0,
+        ..config.pipeline.rank.clone()
+    };
+    let rank = rank_config.build(&deps).map_err(|e| e.to_string())?;
+    debug_assert_eq!(rank.kind(), StageKind::Rank);
+    let bar = ProgressBar::new(categories.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} categories {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for category in &categories {
+        bar.set_message(category.clone());
+        rank.process(Job::Rank(RankJob {
+            category: category.clone(),
+            activate: Vec::new(),
+        }))
+        .await
+        .map_err(|e| format!("category {category:?}: {e}"))?;
+        bar.inc(1);
+    }
+    bar.finish_with_message("done");
+    Ok(categories.len())
+}

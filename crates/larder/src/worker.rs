@@ -1,0 +1,182 @@
+//! `larder worker --stage S`: one pipeline stage as its own process, consuming its Redis
+//! Streams queue with the other workers of that stage (competing consumers). Any number can
+//! run side by side; a killed worker's unacknowledged jobs go to another after
+//! `pipeline.claim_idle_ms`.
+//!
+//! It serves `/healthz`, `/readyz` and `/metrics` on `--listen` (an ephemeral port by default,
+//! printed on start, so several workers can share a host).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use clap::Args;
+use larder_pipeline::StageKind;
+use larder_server::config::{Config, Overrides};
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// generate | filter | evaluate | rank
+    #[arg(long, value_parser = parse_stage)]
+    stage: StageKind,
+    /// The same TOML config file `larder serve` reads ([pipeline] and providers).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The store holding serving views; its Redis also carries the job streams unless
+    /// pipeline.broker names another [env: LARDER_STORE]
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Main DB: sqlite://FILE | postgres://… [env: LARDER_DB]
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Address of this worker's /healthz, /readyz and /metrics [default: 127.0.0.1:0]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Jobs worked on at once (default: the stage's configured concurrency).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+}
+
+fn parse_stage(value: &str) -> Result<StageKind, String> {
+    StageKind::parse(value).ok_or_else(|| "expected generate, filter, evaluate or rank".to_string())
+}
+
+pub async fn run(args: WorkerArgs) -> i32 {
+    let overrides = Overrides {
+        store: args.store,
+        db: args.db,
+        ..Overrides::default()
+    };
+    let mut config = match Config::load(args.config.as_deref(), overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    if let Some(n) = args.concurrency {
+        if n == 0 {
+            eprintln!("error: --concurrency: expected at least 1");
+            return 2;
+        }
+        let p = &mut config.pipeline;
+        match args.stage {
+            StageKind::Generate => p.generate.concurrency = n,
+            StageKind::Filter => p.filter.concurrency = n,
+            StageKind::Evaluate => p.evaluate.concurrency = n,
+            StageKind::Rank => p.rank.concurrency = n,
+        }
+    }
+    let listen = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    match work(args.stage, config, listen).await {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            1
+        }
+    }
+}
+
+async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<(), String> {
+    larder_server::metrics::handle();
+    let store = larder_store::open(&config.store, &config.store_options())
+        .await
+        .map_err(|e| format!("cannot open store {}: {e}", config.store))?;
+    let db_url = config.db_url();
+    let db = larder_db::Db::connect(&db_url)
+        .await
+        .map_err(|e| format!("cannot open the main DB {db_url}: {e}"))?;
+    let broker = larder_pipeline::open_broker(&config.pipeline, &config.store)
+        .await
+        .map_err(|e| format!("cannot open the broker: {e}"))?;
+    if broker.kind() == "memory" {
+        return Err("a worker needs a shared broker: run it with --store redis://… (or redis-cluster://…), or set pipeline.broker to a Redis URL".into());
+    }
+    let providers = larder_pipeline::runner::build_providers(&config.pipeline.providers)
+        .map_err(|e| e.to_string())?;
+    let deps = larder_pipeline::Deps {
+        db: db.clone(),
+        store: store.clone(),
+        providers,
+    };
+    let mut stages = larder_pipeline::runner::build_stages(&config.pipeline, &deps, &[stage])
+        .map_err(|e| e.to_string())?;
+    let stage_impl = stages.pop().ok_or("no stage built")?;
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("--listen: cannot bind {listen}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // Scripts and tests read this line to find the ops port.
+    println!(
+        "larder worker {} listening on http://{addr}",
+        stage.as_str()
+    );
+    let ops = ops_router(store.clone(), db.clone());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut stop = stop_rx.clone();
+        let _ = axum::serve(listener, ops)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let consumer = format!(
+        "{}-{}",
+        larder_pipeline::runner::consumer_prefix(),
+        stage.as_str()
+    );
+    tracing::info!(
+        stage = stage.as_str(),
+        broker = broker.kind(),
+        db = db.kind(),
+        store = store.backend(),
+        "worker started"
+    );
+    let running = tokio::spawn(larder_pipeline::runner::run_stage(
+        stage_impl,
+        broker,
+        consumer,
+        stop_tx.subscribe(),
+    ));
+    crate::signal::shutdown().await;
+    tracing::info!("worker stopping: finishing jobs in flight");
+    let _ = stop_tx.send(true);
+    let _ = running.await;
+    let _ = server.await;
+    Ok(())
+}
+
+fn ops_router(store: Arc<dyn larder_store::Store>, db: larder_db::Db) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (store, db) = (store.clone(), db.clone());
+                async move {
+                    use axum::http::StatusCode;
+                    match (store.ping().await, db.ping().await) {
+                        (Ok(()), Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))),
+                        (store, db) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            axum::Json(serde_json::json!({"error": {"code": "unavailable", "message": format!(
+                                "store: {}; db: {}",
+                                store.err().map_or("ok".to_string(), |e| e.to_string()),
+                                db.err().map_or("ok".to_string(), |e| e.to_string()),
+                            )}})),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async { larder_server::metrics::handle().render() }),
+        )
+}
