@@ -80,7 +80,8 @@ pub trait Broker: Send + Sync + 'static {
     /// Messages waiting or in flight for `stage` (Redis: entries not yet delivered + delivered
     /// but not acknowledged; memory: queued + unacked). Used by benches and /metrics.
     async fn backlog(&self, stage: &str) -> Result<u64, BrokerError>;
-    /// Dead-lettered messages of `stage` (oldest first, at most `limit`).
+    /// Dead-lettered messages of `stage` (oldest first, at most `limit`), each with the id it
+    /// had in the queue and how often it was delivered before it was given up on.
     async fn dead_letters(&self, stage: &str, limit: usize) -> Result<Vec<Delivery>, BrokerError>;
 }
 

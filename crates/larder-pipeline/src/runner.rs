@@ -170,6 +170,9 @@ async fn handle(
     metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "ok").increment(1);
 }
 
+/// How long stopping waits for jobs in flight.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Stages running on their own runtime thread, apart from serving.
 pub struct PipelineHost {
     shutdown: watch::Sender<bool>,
@@ -199,7 +202,15 @@ impl PipelineHost {
                         let consumer = format!("{prefix}-{}-{index}", stage.kind().as_str());
                         running.spawn(run_stage(stage, broker.clone(), consumer, watcher.clone()));
                     }
-                    while running.join_next().await.is_some() {}
+                    let mut stopped = watcher.clone();
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                    // Jobs in flight get a grace period; after it, dropping the runtime cancels
+                    // them (a redelivering broker hands them out again, the memory broker's are
+                    // re-queued by refill and pending requests).
+                    let finished = async { while running.join_next().await.is_some() {} };
+                    if tokio::time::timeout(STOP_GRACE, finished).await.is_err() {
+                        tracing::warn!(grace = ?STOP_GRACE, "pipeline jobs still running at shutdown were cancelled");
+                    }
                 });
             })?;
         Ok(PipelineHost {

@@ -3,12 +3,22 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use larder_providers::mock::{MockConfig, MockServer};
-use larder_providers::{Limits, ProviderError};
+use larder_providers::{ChatRequest, Limits, Provider, ProviderError};
 use support::*;
+
+/// Runs `n` identical calls at once; all must succeed. Returns how long they took together.
+async fn all_ok_at_once(provider: &Arc<dyn Provider>, n: usize, request: &ChatRequest) -> Duration {
+    let started = Instant::now();
+    let results = join_all((0..n).map(|_| provider.chat(request))).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    started.elapsed()
+}
 
 #[tokio::test]
 async fn rate_limited_calls_wait_for_retry_after_and_do_not_storm() {
@@ -182,14 +192,7 @@ async fn concurrency_limit_holds_in_flight_requests() {
             ..fast_limits()
         },
     );
-    let started = Instant::now();
-    let results = join_all((0..6).map(|_| {
-        let provider = provider.clone();
-        async move { provider.chat(&korean_generation(3)).await }
-    }))
-    .await;
-    let elapsed = started.elapsed();
-    assert!(results.iter().all(Result::is_ok));
+    let elapsed = all_ok_at_once(&provider, 6, &korean_generation(3)).await;
     assert!(
         elapsed >= Duration::from_millis(600),
         "6 calls, 2 at a time, 200 ms each: {elapsed:?}"
@@ -211,14 +214,7 @@ async fn requests_per_minute_spaces_requests_evenly() {
             ..fast_limits()
         },
     );
-    let started = Instant::now();
-    let results = join_all((0..5).map(|_| {
-        let provider = provider.clone();
-        async move { provider.chat(&korean_generation(2)).await }
-    }))
-    .await;
-    let elapsed = started.elapsed();
-    assert!(results.iter().all(Result::is_ok));
+    let elapsed = all_ok_at_once(&provider, 5, &korean_generation(2)).await;
     // 120/min is one every 500 ms: the first at once, four more 500 ms apart.
     assert!(
         elapsed >= Duration::from_millis(1_950),
@@ -310,14 +306,7 @@ async fn sixty_four_concurrent_calls_are_served_concurrently() {
             ..fast_limits()
         },
     );
-    let started = Instant::now();
-    let results = join_all((0..64).map(|_| {
-        let provider = provider.clone();
-        async move { provider.chat(&korean_generation(5)).await }
-    }))
-    .await;
-    let elapsed = started.elapsed();
-    assert!(results.iter().all(Result::is_ok));
+    let elapsed = all_ok_at_once(&provider, 64, &korean_generation(5)).await;
     assert!(
         elapsed < Duration::from_secs(4),
         "64 × 500 ms took {elapsed:?} (serial would be 32 s)"

@@ -147,7 +147,13 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
     crate::signal::shutdown().await;
     tracing::info!("worker stopping: finishing jobs in flight");
     let _ = stop_tx.send(true);
-    let _ = running.await;
+    // Unfinished jobs stay unacknowledged and go to another worker after claim_idle_ms.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), running)
+        .await
+        .is_err()
+    {
+        tracing::warn!("jobs still running after 10 s were abandoned to redelivery");
+    }
     let _ = server.await;
     Ok(())
 }

@@ -13,13 +13,16 @@
 //! Recomputing from the DB makes the stage idempotent: a redelivered job writes the same view.
 
 use async_trait::async_trait;
-use larder_db::ItemStatus;
+use larder_db::{ItemStatus, RankInput};
 use serde::{Deserialize, Serialize};
 
 use crate::job::{GenerateJob, Job, RankJob, StageKind};
 use crate::names;
 use crate::stage::{now_ms, Deps, Stage, StageError};
 use crate::view::{posterior, prior, View, ViewItem};
+
+/// Bound on view rewrites per job when concurrent jobs keep changing the category.
+const MAX_REWRITES: usize = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,21 +75,8 @@ pub struct RankStage {
 }
 
 impl RankStage {
-    async fn rank(&self, job: RankJob) -> Result<Vec<Job>, StageError> {
-        let db = &self.deps.db;
-        let mut inputs = db.rank_inputs(&job.category).await?;
-        let activate: Vec<String> = inputs
-            .iter()
-            .filter(|i| i.status == ItemStatus::Pending && job.activate.contains(&i.id))
-            .map(|i| i.id.clone())
-            .collect();
-        if !activate.is_empty() {
-            db.set_status(&job.category, &activate, ItemStatus::Active, None)
-                .await?;
-            for input in inputs.iter_mut().filter(|i| activate.contains(&i.id)) {
-                input.status = ItemStatus::Active;
-            }
-        }
+    /// Active items as view items, and the ids that lost so often they should retire.
+    fn score(&self, inputs: Vec<RankInput>) -> (Vec<ViewItem>, Vec<String>) {
         let mut items = Vec::new();
         let mut retire = Vec::new();
         for input in inputs
@@ -112,32 +102,70 @@ impl RankStage {
                 items.push(item);
             }
         }
-        if !retire.is_empty() {
-            db.set_status(
-                &job.category,
-                &retire,
-                ItemStatus::Rejected,
-                Some("retired: lost to feedback"),
-            )
-            .await?;
-            metrics::counter!(names::RETIRED).increment(retire.len() as u64);
-        }
-        let active = items.len();
-        let now = now_ms();
-        let view = View::new(job.category.clone(), now, items, self.config.view_size);
-        self.deps
-            .store
-            .put_view(&job.category, &view.encode())
-            .await?;
-        metrics::counter!(names::VIEWS_WRITTEN).increment(1);
-        tracing::debug!(category = %job.category, active, retired = retire.len(), "view written");
+        (items, retire)
+    }
 
+    async fn rank(&self, job: RankJob) -> Result<Vec<Job>, StageError> {
+        let db = &self.deps.db;
+        let mut inputs = db.rank_inputs(&job.category).await?;
+        let activate: Vec<String> = inputs
+            .iter()
+            .filter(|i| i.status == ItemStatus::Pending && job.activate.contains(&i.id))
+            .map(|i| i.id.clone())
+            .collect();
+        if !activate.is_empty() {
+            db.set_status(&job.category, &activate, ItemStatus::Active, None)
+                .await?;
+            for input in inputs.iter_mut().filter(|i| activate.contains(&i.id)) {
+                input.status = ItemStatus::Active;
+            }
+        }
+        // Rank jobs of one category may run at once (several workers, or concurrency > 1), and
+        // one that read the DB earlier may write its view later, hiding newer feedback. So each
+        // job re-reads after writing and writes again until the view it wrote still matches
+        // the DB: whichever job writes last, the view ends at the latest state.
+        let mut retired = 0;
+        let mut active = 0;
+        for _ in 0..MAX_REWRITES {
+            let (items, retire) = self.score(inputs);
+            if !retire.is_empty() {
+                db.set_status(
+                    &job.category,
+                    &retire,
+                    ItemStatus::Rejected,
+                    Some("retired: lost to feedback"),
+                )
+                .await?;
+                metrics::counter!(names::RETIRED).increment(retire.len() as u64);
+                retired += retire.len();
+            }
+            active = items.len();
+            let view = View::new(job.category.clone(), now_ms(), items, self.config.view_size);
+            self.deps
+                .store
+                .put_view(&job.category, &view.encode())
+                .await?;
+            metrics::counter!(names::VIEWS_WRITTEN).increment(1);
+            inputs = db.rank_inputs(&job.category).await?;
+            let (now_items, now_retire) = self.score(inputs.clone());
+            let current = View::new(
+                job.category.clone(),
+                view.built_at_ms,
+                now_items,
+                self.config.view_size,
+            );
+            if now_retire.is_empty() && current.items == view.items {
+                break;
+            }
+        }
+        tracing::debug!(category = %job.category, active, retired, "view written");
+        let now = now_ms();
         if active < self.config.pool_target
             && db
                 .claim_generation(&job.category, now, self.config.refill_cooldown_ms)
                 .await?
         {
-            metrics::counter!(names::REFILLS, "reason" => if retire.is_empty() { "low_pool" } else { "losing" })
+            metrics::counter!(names::REFILLS, "reason" => if retired == 0 { "low_pool" } else { "losing" })
                 .increment(1);
             return Ok(vec![Job::Generate(GenerateJob {
                 category: job.category,

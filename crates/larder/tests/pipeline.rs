@@ -1,0 +1,580 @@
+//! The category pipeline end to end, as separate processes over real HTTP: `larder mock-llm`
+//! speaking the OpenAI and both CLOVA Studio wire formats, `larder serve`, and one
+//! `larder worker` per stage on real Redis Streams, sharing a SQLite main DB.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use larder_testkit::RedisServer;
+use serde_json::{json, Value};
+
+/// A child process killed (SIGKILL) on drop; its stderr goes to a log file.
+struct Proc {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Start `larder ARGS` whose first stdout line ends with its URL.
+fn start_announcing(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let log = dir.join(format!("{name}.log"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .env("TEST_CLOVA_KEY", "clova-test-key")
+        .env("TEST_CLOVA_GATEWAY", "clova-test-gateway")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start larder");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("first line");
+    // Keep draining so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        url.starts_with("http://"),
+        "{name} printed {line:?}; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    Proc { child, url, log }
+}
+
+fn mock_llm(dir: &Path, extra: &[&str]) -> Proc {
+    let mut args = vec!["mock-llm", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    start_announcing(dir, "mock-llm", &args)
+}
+
+fn worker(dir: &Path, config: &Path, stage: &str, n: usize) -> Proc {
+    start_announcing(
+        dir,
+        &format!("worker-{stage}-{n}"),
+        &[
+            "worker",
+            "--stage",
+            stage,
+            "--config",
+            config.to_str().expect("utf-8"),
+        ],
+    )
+}
+
+async fn serve(dir: &Path, config: &Path, port: u16) -> Proc {
+    let log = dir.join(format!("serve-{port}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["serve", "--config", config.to_str().expect("utf-8")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("TEST_CLOVA_KEY", "clova-test-key")
+        .env("TEST_CLOVA_GATEWAY", "clova-test-gateway")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start larder serve");
+    let proc = Proc {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{}/readyz", proc.url)).send().await {
+            if resp.status().is_success() {
+                return proc;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "serve did not become ready: {}",
+        std::fs::read_to_string(&proc.log).unwrap_or_default()
+    );
+}
+
+/// Every provider on the mock: an OpenAI-compatible and a CLOVA v1 writer, a CLOVA v3 judge.
+fn config(dir: &Path, store: &str, mock: &str, extra_pipeline: &str) -> PathBuf {
+    let path = dir.join("larder.toml");
+    let text = format!(
+        r#"store = "{store}"
+db = "sqlite://{db}"
+
+[pipeline]
+seed_categories = []
+claim_idle_ms = 1500
+generation_cooldown_ms = 0
+{extra_pipeline}
+
+[pipeline.generate]
+generators = ["gpt", "clova-v1"]
+
+[pipeline.evaluate]
+evaluators = ["clova-v3"]
+
+[[pipeline.providers]]
+name = "gpt"
+kind = "openai"
+base_url = "{mock}/v1"
+model = "gpt-4o-mock"
+limits = {{ max_retries = 2, backoff_base_ms = 50 }}
+
+[[pipeline.providers]]
+name = "clova-v1"
+kind = "clova-v1"
+base_url = "{mock}"
+model = "HCX-003"
+api_key_env = "TEST_CLOVA_KEY"
+gateway_key_env = "TEST_CLOVA_GATEWAY"
+limits = {{ max_retries = 2, backoff_base_ms = 50 }}
+
+[[pipeline.providers]]
+name = "clova-v3"
+kind = "clova-v3"
+base_url = "{mock}"
+model = "HCX-005"
+api_key_env = "TEST_CLOVA_KEY"
+limits = {{ max_retries = 2, backoff_base_ms = 50 }}
+"#,
+        db = dir.join("larder.db").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn path_of(category: &str) -> String {
+    category
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
+    let resp = client.get(&url).send().await.expect("GET");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The served items of a category (explore=false), waiting until it is ready.
+async fn ready_items(
+    client: &reqwest::Client,
+    server: &Proc,
+    category: &str,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, body) = get(
+            client,
+            format!(
+                "{}/v1/categories/{}/items?limit=100&explore=false&wait_ms=2000",
+                server.url,
+                path_of(category)
+            ),
+        )
+        .await;
+        if status == 200 {
+            return body["items"].as_array().cloned().unwrap_or_default();
+        }
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "{category} not ready; serve log: {}",
+            std::fs::read_to_string(&server.log).unwrap_or_default()
+        );
+    }
+}
+
+async fn metric(client: &reqwest::Client, url: &str, name: &str, label: &str) -> f64 {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn redis_int(redis: &RedisServer, args: &[&str]) -> i64 {
+    redis.cli(args).trim().parse().unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_restart() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mock = mock_llm(dir.path(), &["--latency-ms", "20"]);
+    let config = config(dir.path(), &redis.url(), &mock.url, "stages = []");
+    let port = free_port();
+    let mut server = serve(dir.path(), &config, port).await;
+    let _workers: Vec<Proc> = ["generate", "filter", "evaluate", "rank"]
+        .iter()
+        .map(|stage| worker(dir.path(), &config, stage, 0))
+        .collect();
+    let client = reqwest::Client::new();
+
+    let category = "이사 준비";
+    let resp = client
+        .put(format!(
+            "{}/v1/categories/{}",
+            server.url,
+            path_of(category)
+        ))
+        .json(&json!({"description": "이사 체크리스트", "locale": "ko"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status().as_u16(), 201);
+    // Provenance: both generators' items get served (each generator's answer flows on its
+    // own), every one evaluated by the CLOVA v3 judge.
+    let both = HashSet::from(["gpt".to_string(), "clova-v1".to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (items, generators) = loop {
+        let items = ready_items(&client, &server, category, Duration::from_secs(60)).await;
+        let mut generators = HashSet::new();
+        for item in &items {
+            let id = item["id"].as_str().expect("id");
+            let (status, detail) = get(
+                &client,
+                format!(
+                    "{}/v1/categories/{}/items/{id}",
+                    server.url,
+                    path_of(category)
+                ),
+            )
+            .await;
+            assert_eq!(status, 200, "{detail}");
+            generators.insert(
+                detail["generator"]["provider"]
+                    .as_str()
+                    .expect("provider")
+                    .to_string(),
+            );
+            assert_eq!(detail["status"], "active");
+            assert_eq!(
+                detail["evaluations"][0]["evaluator"], "clova-v3",
+                "{detail}"
+            );
+            let text = detail["text"].as_str().expect("text");
+            assert!(
+                text.chars().count() <= 30 && text.chars().any(|c| ('가'..='힣').contains(&c)),
+                "{text}"
+            );
+        }
+        if generators == both || Instant::now() > deadline {
+            break (items, generators);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(items.len() >= 5, "{items:?}");
+    assert_eq!(generators, both);
+    // The jobs went through Redis Streams and were all acknowledged.
+    assert!(redis_int(&redis, &["XLEN", "larder:q:generate"]) >= 1);
+    for stage in ["generate", "filter", "evaluate", "rank"] {
+        let pending = redis.cli(&["XPENDING", &format!("larder:q:{stage}"), "larder"]);
+        assert!(
+            pending.starts_with('0'),
+            "{stage} has unacknowledged jobs: {pending}"
+        );
+    }
+
+    // Users are shown the top 10 and keep picking the 10th: it moves to the top of
+    // explore=false.
+    let shown = items.len().min(10);
+    let last = items[shown - 1]["id"].as_str().expect("id").to_string();
+    let events: Vec<Value> = (0..40)
+        .flat_map(|_| {
+            items.iter().take(10).enumerate().map(|(position, item)| {
+                json!({"item_id": item["id"], "event": "impression", "position": position})
+            })
+            .chain([json!({"item_id": last, "event": "select", "position": shown - 1})])
+            .collect::<Vec<_>>()
+        })
+        .collect();
+    let resp = client
+        .post(format!(
+            "{}/v1/categories/{}/feedback",
+            server.url,
+            path_of(category)
+        ))
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(resp.status().as_u16(), 202);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = ready_items(&client, &server, category, Duration::from_secs(5)).await;
+        if now[0]["id"] == last {
+            break;
+        }
+        if Instant::now() > deadline {
+            let detail = get(
+                &client,
+                format!(
+                    "{}/v1/categories/{}/items/{last}",
+                    server.url,
+                    path_of(category)
+                ),
+            )
+            .await
+            .1;
+            panic!("selected item never reached the top: {detail} {now:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Feedback is durable: a killed and restarted server still has it, and serves the same top.
+    server.kill();
+    let server = serve(dir.path(), &config, port).await;
+    let (status, detail) = get(
+        &client,
+        format!(
+            "{}/v1/categories/{}/items/{last}",
+            server.url,
+            path_of(category)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["selections"], 40, "{detail}");
+    assert!(detail["impressions"].as_u64().expect("impressions") >= 40);
+    let after = ready_items(&client, &server, category, Duration::from_secs(10)).await;
+    assert_eq!(after[0]["id"], last);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Slow answers, so the evaluate worker is surely mid-job when it is killed.
+    let mock = mock_llm(dir.path(), &["--latency-ms", "700"]);
+    let config = config(dir.path(), &redis.url(), &mock.url, "stages = []");
+    let server = serve(dir.path(), &config, free_port()).await;
+    let mut workers: Vec<Proc> = ["generate", "filter", "rank"]
+        .iter()
+        .map(|stage| worker(dir.path(), &config, stage, 0))
+        .collect();
+    let mut doomed = worker(dir.path(), &config, "evaluate", 0);
+    let client = reqwest::Client::new();
+    let categories: Vec<String> = (0..6).map(|i| format!("moving house {i}")).collect();
+    for name in &categories {
+        let resp = client
+            .put(format!("{}/v1/categories/{}", server.url, path_of(name)))
+            .json(&json!({"locale": "en"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(resp.status().as_u16(), 201);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &client,
+        &doomed.url,
+        "larder_pipeline_in_flight",
+        "stage=\"evaluate\"",
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the evaluate worker never got a job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    doomed.kill(); // SIGKILL, mid-batch: its jobs are delivered but never acknowledged.
+    workers.push(worker(dir.path(), &config, "evaluate", 1));
+
+    let db = larder_db::Db::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("larder.db").display()
+    ))
+    .await
+    .expect("main DB");
+    for name in &categories {
+        let items = ready_items(&client, &server, name, Duration::from_secs(60)).await;
+        let ids: HashSet<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();
+        assert_eq!(ids.len(), items.len(), "an item is served twice in {name}");
+        let texts: HashSet<String> = items
+            .iter()
+            .filter_map(|i| i["text"].as_str())
+            .map(larder_pipeline::text::normalize)
+            .collect();
+        assert_eq!(texts.len(), items.len(), "duplicate texts in {name}");
+    }
+    // Every job was processed: nothing left pending in any stream, no item left unevaluated,
+    // nothing dead-lettered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut stuck = Vec::new();
+        for name in &categories {
+            for input in db.rank_inputs(name).await.expect("rank inputs") {
+                if input.status != larder_db::ItemStatus::Active {
+                    stuck.push((name.clone(), input.text));
+                }
+            }
+        }
+        let pending: Vec<String> = ["generate", "filter", "evaluate", "rank"]
+            .iter()
+            .map(|s| redis.cli(&["XPENDING", &format!("larder:q:{s}"), "larder"]))
+            .filter(|p| !p.starts_with('0'))
+            .collect();
+        if stuck.is_empty() && pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stuck items {stuck:?}, pending {pending:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for stage in ["generate", "filter", "evaluate", "rank"] {
+        assert_eq!(
+            redis_int(&redis, &["XLEN", &format!("larder:dlq:{stage}")]),
+            0,
+            "{stage} dead letters"
+        );
+    }
+    let categories_body = get(&client, format!("{}/v1/categories", server.url))
+        .await
+        .1;
+    for c in categories_body["categories"].as_array().expect("list") {
+        assert_eq!(c["status"], "ready", "{c}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_model_output_is_filtered_counted_and_never_served() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mock = mock_llm(
+        dir.path(),
+        &[
+            "--latency-ms",
+            "5",
+            "--rate-garbage",
+            "0.15",
+            "--rate-overlong",
+            "0.15",
+            "--rate-injection",
+            "0.15",
+            "--rate-wrong-language",
+            "0.15",
+            "--rate-empty",
+            "0.1",
+            "--rate-duplicates",
+            "0.15",
+        ],
+    );
+    // Every stage in-process, but the queues are Redis Streams.
+    let config = config(dir.path(), &redis.url(), &mock.url, "broker = \"redis\"");
+    let server = serve(dir.path(), &config, free_port()).await;
+    let client = reqwest::Client::new();
+    let categories = ["이사 준비", "여행 준비", "moving house", "travel packing"];
+    for name in categories {
+        client
+            .put(format!("{}/v1/categories/{}", server.url, path_of(name)))
+            .send()
+            .await
+            .expect("register");
+    }
+    // Keep asking for more until every kind of bad output was seen and dropped.
+    let reasons = [
+        "not_json",
+        "too_long",
+        "injection",
+        "wrong_locale",
+        "empty",
+        "duplicate",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut missing = Vec::new();
+        for reason in reasons {
+            let label = format!("reason=\"{reason}\"");
+            if metric(&client, &server.url, "larder_filter_rejected_total", &label).await < 1.0 {
+                missing.push(reason);
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never filtered: {missing:?}");
+        for name in categories {
+            client
+                .post(format!(
+                    "{}/v1/categories/{}/refresh",
+                    server.url,
+                    path_of(name)
+                ))
+                .send()
+                .await
+                .expect("refresh");
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let mut served = HashMap::new();
+    for name in categories {
+        let items = ready_items(&client, &server, name, Duration::from_secs(30)).await;
+        let locale = if name.is_ascii() { "en" } else { "ko" };
+        for item in &items {
+            let text = item["text"].as_str().expect("text");
+            assert!(text.chars().count() <= 30, "overlong served: {text}");
+            assert!(
+                larder_pipeline::text::injection_marker(text).is_none(),
+                "injection served: {text}"
+            );
+            assert!(
+                larder_pipeline::text::fits_locale(text, locale),
+                "wrong language served in {name}: {text}"
+            );
+        }
+        let norms: HashSet<String> = items
+            .iter()
+            .filter_map(|i| i["text"].as_str())
+            .map(larder_pipeline::text::normalize)
+            .collect();
+        assert_eq!(norms.len(), items.len(), "duplicates served in {name}");
+        served.insert(name, items.len());
+    }
+    assert!(served.values().all(|&n| n > 0), "{served:?}");
+}
