@@ -96,6 +96,10 @@ pub trait Subscription: Send + Sync {
     async fn next(&self, block: Duration) -> Result<Option<Delivery>, BrokerError>;
     /// Acknowledge a processed message. Acking twice is harmless.
     async fn ack(&self, id: &str) -> Result<(), BrokerError>;
+    /// Tell the broker this consumer is still working on `id`, so it is not reclaimed by
+    /// another consumer while a slow job (a provider honouring a long Retry-After) runs.
+    /// Callers send this every fraction of `claim_idle`; a killed consumer stops sending it.
+    async fn touch(&self, id: &str) -> Result<(), BrokerError>;
 }
 
 /// In-process channels: the embedded default.

@@ -169,6 +169,11 @@ impl Subscription for MemorySubscription {
         }
         Ok(())
     }
+
+    /// Nothing to do: in memory, messages are never reclaimed.
+    async fn touch(&self, _id: &str) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ async fn suite(target: &Target) {
         Target::Memory => unacked_messages_are_not_redelivered_in_memory(target).await,
         Target::Redis(_) => {
             a_dead_consumers_messages_are_reclaimed(target).await;
+            a_touched_message_is_not_reclaimed(target).await;
             poison_messages_end_in_dead_letters(target).await;
         }
     }
@@ -303,6 +304,37 @@ async fn a_dead_consumers_messages_are_reclaimed(target: &Target) {
     let want: BTreeSet<String> = (0..N).map(|i| format!("c{i}")).collect();
     assert_eq!(done, want, "every message processed");
     assert_eq!(broker.backlog("crash").await.expect("backlog"), 0);
+}
+
+/// A slow consumer that keeps touching its message keeps it; once it stops (it died), the
+/// message goes to another consumer.
+async fn a_touched_message_is_not_reclaimed(target: &Target) {
+    let broker = target.broker(fast()).await;
+    broker.publish("slow", b"long job").await.expect("publish");
+    let a = broker.subscribe("slow", "a").await.expect("subscribe");
+    let b = broker.subscribe("slow", "b").await.expect("subscribe");
+    let d = next(a.as_ref(), Duration::from_secs(1))
+        .await
+        .expect("a gets it");
+    // Five claim_idle periods of work, touching every 50 ms: b never sees it.
+    let until = Instant::now() + Duration::from_millis(1000);
+    while Instant::now() < until {
+        a.touch(&d.id).await.expect("touch");
+        assert!(
+            next(b.as_ref(), Duration::from_millis(50)).await.is_none(),
+            "reclaimed while touched"
+        );
+    }
+    // a stops touching: b gets it as a second delivery.
+    let again = next(b.as_ref(), Duration::from_secs(2))
+        .await
+        .expect("reclaimed after a stopped");
+    assert_eq!((again.id.as_str(), again.deliveries), (d.id.as_str(), 2));
+    b.ack(&again.id).await.expect("ack");
+    assert!(matches!(
+        a.touch("not-an-id").await,
+        Err(larder_broker::BrokerError::InvalidId(_))
+    ));
 }
 
 async fn poison_messages_end_in_dead_letters(target: &Target) {

@@ -97,6 +97,12 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// How often a consumer tells the broker it still works on a message: well inside
+    /// `claim_idle_ms`, so only a dead consumer's messages are reclaimed.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        std::time::Duration::from_millis((self.claim_idle_ms / 3).max(10))
+    }
+
     /// The same pipeline with every simulated provider answering at once (tests, benches).
     pub fn without_latency(mut self) -> Self {
         for provider in &mut self.providers {

@@ -58,10 +58,13 @@ pub fn build_stages(
 }
 
 /// Consume `stage`'s queue until `shutdown` turns true, then finish the jobs in flight.
+/// While a job runs, the broker is told every `heartbeat` that it is still being worked on
+/// (use a fraction of the broker's `claim_idle`).
 pub async fn run_stage(
     stage: Arc<dyn Stage>,
     broker: Arc<dyn Broker>,
     consumer: String,
+    heartbeat: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = stage.kind().as_str();
@@ -99,6 +102,7 @@ pub async fn run_stage(
                     broker.clone(),
                     subscription.clone(),
                     delivery,
+                    heartbeat,
                     permit,
                 ));
             }
@@ -122,6 +126,7 @@ async fn handle(
     broker: Arc<dyn Broker>,
     subscription: Arc<dyn Subscription>,
     delivery: Delivery,
+    heartbeat: Duration,
     _permit: OwnedSemaphorePermit,
 ) {
     let name = stage.kind().as_str();
@@ -140,7 +145,23 @@ async fn handle(
     let started = Instant::now();
     let in_flight = metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => name);
     in_flight.increment(1.0);
+    // Keep the message ours while we work on it; a killed process stops this, and then the
+    // broker hands the message to another consumer.
+    let toucher = {
+        let (subscription, id) = (subscription.clone(), delivery.id.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(error) = subscription.touch(&id).await {
+                    tracing::debug!(%error, "heartbeat failed");
+                }
+            }
+        })
+    };
     let result = stage.process(job).await;
+    toucher.abort();
     in_flight.decrement(1.0);
     metrics::histogram!(names::STAGE_SECONDS, "stage" => name)
         .record(started.elapsed().as_secs_f64());
@@ -185,6 +206,7 @@ impl PipelineHost {
         stages: Vec<Arc<dyn Stage>>,
         broker: Arc<dyn Broker>,
         threads: usize,
+        heartbeat: Duration,
     ) -> std::io::Result<PipelineHost> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
@@ -200,7 +222,13 @@ impl PipelineHost {
                     let mut running = JoinSet::new();
                     for (index, stage) in stages.into_iter().enumerate() {
                         let consumer = format!("{prefix}-{}-{index}", stage.kind().as_str());
-                        running.spawn(run_stage(stage, broker.clone(), consumer, watcher.clone()));
+                        running.spawn(run_stage(
+                            stage,
+                            broker.clone(),
+                            consumer,
+                            heartbeat,
+                            watcher.clone(),
+                        ));
                     }
                     let mut stopped = watcher.clone();
                     let _ = stopped.wait_for(|stop| *stop).await;

@@ -143,6 +143,7 @@ impl Pipeline {
                 stages,
                 broker.clone(),
                 1,
+                pipeline.heartbeat(),
             )?)
         };
         seed(&db, &queue, &pipeline.seed_categories).await;

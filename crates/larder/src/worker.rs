@@ -142,6 +142,7 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
         stage_impl,
         broker,
         consumer,
+        config.pipeline.heartbeat(),
         stop_tx.subscribe(),
     ));
     crate::signal::shutdown().await;

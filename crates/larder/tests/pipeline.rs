@@ -320,26 +320,33 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
     // explore=false.
     let shown = items.len().min(10);
     let last = items[shown - 1]["id"].as_str().expect("id").to_string();
-    let events: Vec<Value> = (0..40)
-        .flat_map(|_| {
-            items.iter().take(10).enumerate().map(|(position, item)| {
-                json!({"item_id": item["id"], "event": "impression", "position": position})
+    // 100 rounds, sent as two requests of 50 (a request carries at most 1,000 events).
+    for _ in 0..2 {
+        let events: Vec<Value> = (0..50)
+            .flat_map(|_| {
+                items
+                    .iter()
+                    .take(shown)
+                    .enumerate()
+                    .map(|(position, item)| {
+                        json!({"item_id": item["id"], "event": "impression", "position": position})
+                    })
+                    .chain([json!({"item_id": last, "event": "select", "position": shown - 1})])
+                    .collect::<Vec<_>>()
             })
-            .chain([json!({"item_id": last, "event": "select", "position": shown - 1})])
-            .collect::<Vec<_>>()
-        })
-        .collect();
-    let resp = client
-        .post(format!(
-            "{}/v1/categories/{}/feedback",
-            server.url,
-            path_of(category)
-        ))
-        .json(&json!({ "events": events }))
-        .send()
-        .await
-        .expect("feedback");
-    assert_eq!(resp.status().as_u16(), 202);
+            .collect();
+        let resp = client
+            .post(format!(
+                "{}/v1/categories/{}/feedback",
+                server.url,
+                path_of(category)
+            ))
+            .json(&json!({ "events": events }))
+            .send()
+            .await
+            .expect("feedback");
+        assert_eq!(resp.status().as_u16(), 202);
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = ready_items(&client, &server, category, Duration::from_secs(5)).await;
@@ -375,8 +382,8 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(detail["selections"], 40, "{detail}");
-    assert!(detail["impressions"].as_u64().expect("impressions") >= 40);
+    assert_eq!(detail["selections"], 100, "{detail}");
+    assert_eq!(detail["impressions"], 100, "{detail}");
     let after = ready_items(&client, &server, category, Duration::from_secs(10)).await;
     assert_eq!(after[0]["id"], last);
 }
@@ -577,4 +584,99 @@ async fn bad_model_output_is_filtered_counted_and_never_served() {
         served.insert(name, items.len());
     }
     assert!(served.values().all(|&n| n > 0), "{served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_providers_are_retried_after_retry_after_without_a_storm() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mock = mock_llm(dir.path(), &["--rate-429", "1", "--retry-after-secs", "1"]);
+    let config = config(dir.path(), &redis.url(), &mock.url, "broker = \"redis\"");
+    let server = serve(dir.path(), &config, free_port()).await;
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let resp = client
+        .put(format!("{}/v1/categories/moving%20house", server.url))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(resp.status().as_u16(), 201);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stats = get(&client, format!("{}/stats", mock.url)).await.1;
+    let elapsed = started.elapsed().as_secs_f64();
+    let requests = stats["requests"].as_u64().expect("requests");
+    // Two generators, each waiting Retry-After (1 s) between attempts: at most one attempt per
+    // generator per second (plus the first), and redelivery of the failed job only after
+    // claim_idle (1.5 s). A storm would be hundreds.
+    assert!(requests >= 4, "the generators did retry: {stats}");
+    assert!(
+        (requests as f64) <= 2.0 * (elapsed + 1.0),
+        "{requests} requests in {elapsed:.1} s: {stats}"
+    );
+    assert!(
+        stats["max_requests_per_second"].as_u64().expect("max") <= 4,
+        "{stats}"
+    );
+    assert_eq!(stats["responses_429"], stats["requests"]);
+    let retries = metric(
+        &client,
+        &server.url,
+        "larder_provider_requests_total",
+        "outcome=\"retry\"",
+    )
+    .await;
+    assert!(retries >= 2.0, "retries are counted: {retries}");
+    // Nothing was served from a failing provider, and the category says so.
+    let (status, body) = get(
+        &client,
+        format!("{}/v1/categories/moving%20house/items", server.url),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_restores_serving_views_from_the_main_db() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mock = mock_llm(dir.path(), &[]);
+    let config = config(dir.path(), &redis.url(), &mock.url, "");
+    let client = reqwest::Client::new();
+    let before = {
+        let server = serve(dir.path(), &config, free_port()).await;
+        client
+            .put(format!("{}/v1/categories/moving%20house", server.url))
+            .send()
+            .await
+            .expect("register");
+        ready_items(&client, &server, "moving house", Duration::from_secs(30)).await
+    };
+    // Redis loses everything.
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    assert_eq!(redis_int(&redis, &["EXISTS", "larder:c:moving house"]), 0);
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["rebuild", "--config", config.to_str().expect("utf-8")])
+        .output()
+        .expect("run rebuild");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebuilt 1 serving views"));
+    assert_eq!(redis_int(&redis, &["EXISTS", "larder:c:moving house"]), 1);
+    // Served again at once, without generation: the mock is gone.
+    drop(mock);
+    let server = serve(dir.path(), &config, free_port()).await;
+    let (status, body) = get(
+        &client,
+        format!(
+            "{}/v1/categories/moving%20house/items?limit=100&explore=false",
+            server.url
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let ids = |items: &[Value]| items.iter().map(|i| i["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(body["items"].as_array().expect("items")), ids(&before));
 }

@@ -277,6 +277,23 @@ impl Subscription for RedisSubscription {
     async fn ack(&self, id: &str) -> Result<(), BrokerError> {
         super::ack(&self.inner, &self.stage, &self.key, id).await
     }
+
+    /// `XCLAIM key larder me 0 id JUSTID`: claiming a message one already owns resets its idle
+    /// time; JUSTID leaves its delivery count alone.
+    async fn touch(&self, id: &str) -> Result<(), BrokerError> {
+        if !super::is_stream_id(id) {
+            return Err(BrokerError::InvalidId(id.to_owned()));
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.key)
+            .arg(keys::STAGE_GROUP)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(id)
+            .arg("JUSTID");
+        self.inner.query(&cmd).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
