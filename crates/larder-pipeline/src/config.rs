@@ -34,6 +34,9 @@ pub struct PipelineConfig {
     pub generation_cooldown_ms: i64,
     /// Categories registered at startup when the DB has none (the offline demo).
     pub seed_categories: Vec<SeedCategory>,
+    /// Run the stages `larder serve` hosts in the OS's idle scheduling class, so that
+    /// pipeline work only uses CPU time serving leaves free.
+    pub idle_priority: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +86,7 @@ impl Default for PipelineConfig {
             rank: RankConfig::default(),
             stages: StageKind::ALL.to_vec(),
             broker: "auto".into(),
+            idle_priority: true,
             claim_idle_ms: 30_000,
             max_deliveries: 5,
             generation_cooldown_ms: 30_000,

@@ -20,5 +20,5 @@ pub const EVALUATE_INVALID: &str = "larder_evaluate_invalid_total";
 pub const VIEWS_WRITTEN: &str = "larder_rank_views_total";
 /// Generations queued by the rank stage's refill, by `reason` (`low_pool`).
 pub const REFILLS: &str = "larder_rank_refills_total";
-/// Items retired because feedback kept going against them.
+/// Items retired, by `reason` (lost to feedback, or a near duplicate of a better item).
 pub const RETIRED: &str = "larder_rank_retired_total";

@@ -51,7 +51,12 @@ pub fn build_stages(
                 StageKind::Generate => Arc::new(config.generate.build(deps)?),
                 StageKind::Filter => Arc::new(config.filter.build(deps)?),
                 StageKind::Evaluate => Arc::new(config.evaluate.build(deps)?),
-                StageKind::Rank => Arc::new(config.rank.build(deps)?),
+                StageKind::Rank => Arc::new(
+                    config
+                        .rank
+                        .build(deps)?
+                        .with_near_duplicate(config.filter.near_duplicate),
+                ),
             })
         })
         .collect()
@@ -207,10 +212,16 @@ impl PipelineHost {
         broker: Arc<dyn Broker>,
         threads: usize,
         heartbeat: Duration,
+        idle_priority: bool,
     ) -> std::io::Result<PipelineHost> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("larder-pipeline")
+            .on_thread_start(move || {
+                if idle_priority {
+                    lower_priority();
+                }
+            })
             .enable_all()
             .build()?;
         let (shutdown, watcher) = watch::channel(false);
@@ -263,6 +274,25 @@ impl PipelineHost {
 impl Drop for PipelineHost {
     fn drop(&mut self) {
         self.shutdown_now();
+    }
+}
+
+/// Put the calling thread in the kernel's idle scheduling class (Linux `SCHED_IDLE`): it
+/// runs only on CPU time nothing else wants. Every thread of the in-process pipeline runtime
+/// (workers and its blocking pool) gets this, so generation, filtering and ranking can never
+/// take a core from a request. On other systems, or when the call is refused, it lowers the
+/// thread's priority as far as allowed.
+fn lower_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let result = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        idle,
+    )
+    .or_else(|_| thread_priority::set_current_thread_priority(ThreadPriority::Min));
+    if let Err(error) = result {
+        tracing::debug!(?error, "cannot lower the pipeline thread's priority");
     }
 }
 

@@ -102,10 +102,19 @@ impl View {
 
     /// `limit` items ordered by one Thompson draw from each item's posterior.
     pub fn sample(&self, limit: usize, rng: &mut impl Rng) -> Vec<&ViewItem> {
-        let mut drawn: Vec<(f64, &ViewItem)> = self
+        self.sample_indices(limit, rng)
+            .into_iter()
+            .map(|i| &self.items[i])
+            .collect()
+    }
+
+    /// [`Self::sample`] as positions in `items`.
+    pub fn sample_indices(&self, limit: usize, rng: &mut impl Rng) -> Vec<usize> {
+        let mut drawn: Vec<(f64, usize)> = self
             .items
             .iter()
-            .map(|item| (item.draw(rng), item))
+            .enumerate()
+            .map(|(index, item)| (item.draw(rng), index))
             .collect();
         let limit = limit.min(drawn.len());
         if limit < drawn.len() {
@@ -113,7 +122,7 @@ impl View {
             drawn.truncate(limit);
         }
         drawn.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        drawn.into_iter().map(|(_, item)| item).collect()
+        drawn.into_iter().map(|(_, index)| index).collect()
     }
 }
 

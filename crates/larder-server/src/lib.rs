@@ -144,6 +144,7 @@ impl Pipeline {
                 broker.clone(),
                 1,
                 pipeline.heartbeat(),
+                pipeline.idle_priority,
             )?)
         };
         seed(&db, &queue, &pipeline.seed_categories).await;

@@ -1,119 +1,15 @@
 //! The HTTP contract of `shared/API.md`, over real HTTP, against a server on each backend:
 //! the embedded store, a real redis-server and a real 3x2 Redis Cluster.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{assert_error, code, TestServer};
 use larder_server::config::Config;
 use larder_testkit::{RedisCluster, RedisServer};
-use reqwest::{Client, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
-
-struct TestServer {
-    base: String,
-    client: Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestServer {
-    async fn start(config: Config) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind port 0");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            larder_server::run(listener, config, async {
-                let _ = rx.await;
-            })
-            .await
-            .expect("server runs");
-        });
-        TestServer {
-            base,
-            client: Client::new(),
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn on(store: &str) -> TestServer {
-        TestServer::start(Config {
-            store: store.to_owned(),
-            ephemeral: true,
-            ..Config::default()
-        })
-        .await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self.client.request(method, self.url(path));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status();
-        let text = resp.text().await.expect("body");
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, value)
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::PUT, path, Some(body)).await
-    }
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, path, Some(body)).await
-    }
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-
-    async fn lookup_binary(&self, ns: &str, body: Value) -> reqwest::Response {
-        self.client
-            .post(self.url(&format!("/v1/namespaces/{ns}/lookup")))
-            .header("accept", "application/octet-stream")
-            .json(&body)
-            .send()
-            .await
-            .expect("lookup")
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
-    }
-}
-
-fn code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or("<no error code>")
-}
-
-/// The contract's error shape: this status, this code, and a message.
-#[track_caller]
-fn assert_error((status, body): (StatusCode, Value), expected: StatusCode, expected_code: &str) {
-    assert_eq!((status, code(&body)), (expected, expected_code), "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "error has a message: {body}"
-    );
-}
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();

@@ -84,7 +84,10 @@ async fn rebuild(config: &Config, only: Vec<String>) -> Result<usize, String> {
         pool_target: 0,
         ..config.pipeline.rank.clone()
     };
-    let rank = rank_config.build(&deps).map_err(|e| e.to_string())?;
+    let rank = rank_config
+        .build(&deps)
+        .map_err(|e| e.to_string())?
+        .with_near_duplicate(config.pipeline.filter.near_duplicate);
     debug_assert_eq!(rank.kind(), StageKind::Rank);
     let bar = ProgressBar::new(categories.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} categories {msg}")

@@ -4,6 +4,10 @@
 //! - Every active item gets a Beta posterior (prior from the evaluators, updated by feedback;
 //!   see [`crate::view`]).
 //! - Items that keep losing (many impressions, posterior mean below `retire_below`) are retired.
+//! - Near duplicates among active items are retired too, keeping the better one. The filter
+//!   already drops near duplicates of the pool, but two filter jobs of one category running
+//!   at once (several workers) cannot see each other's items; ranking sees the whole pool, so
+//!   the served view never holds both.
 //! - The view (best `view_size` by posterior mean) is written to the store, which announces it
 //!   to serving nodes over pub/sub.
 //! - **Refill**: when fewer than `pool_target` items are active, generation is queued, at most
@@ -19,7 +23,13 @@ use serde::{Deserialize, Serialize};
 use crate::job::{GenerateJob, Job, RankJob, StageKind};
 use crate::names;
 use crate::stage::{now_ms, Deps, Stage, StageError};
+use crate::stages::filter::FilterConfig;
+use crate::text::{self, DedupIndex};
 use crate::view::{posterior, prior, View, ViewItem};
+
+/// Reasons recorded on retired items.
+const LOST: &str = "retired: lost to feedback";
+const DUPLICATE: &str = "retired: near duplicate of a better item";
 
 /// Bound on view rewrites per job when concurrent jobs keep changing the category.
 const MAX_REWRITES: usize = 4;
@@ -65,6 +75,7 @@ impl RankConfig {
         Ok(RankStage {
             config: self.clone(),
             deps: deps.clone(),
+            near_duplicate: FilterConfig::default().near_duplicate,
         })
     }
 }
@@ -72,12 +83,20 @@ impl RankConfig {
 pub struct RankStage {
     config: RankConfig,
     deps: Deps,
+    near_duplicate: f64,
 }
 
 impl RankStage {
-    /// Active items as view items, and the ids that lost so often they should retire.
-    fn score(&self, inputs: Vec<RankInput>) -> (Vec<ViewItem>, Vec<String>) {
-        let mut items = Vec::new();
+    /// Near duplicates are judged with the filter's threshold (one notion of "the same item").
+    pub fn with_near_duplicate(mut self, threshold: f64) -> RankStage {
+        self.near_duplicate = threshold;
+        self
+    }
+
+    /// Active items as view items, and the ids to retire with why: lost too often, or a near
+    /// duplicate of a better item.
+    fn score(&self, inputs: Vec<RankInput>) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
+        let mut candidates = Vec::new();
         let mut retire = Vec::new();
         for input in inputs
             .into_iter()
@@ -97,8 +116,21 @@ impl RankStage {
             if input.impressions >= self.config.retire_min_impressions
                 && item.mean() < self.config.retire_below
             {
-                retire.push(item.id);
+                retire.push((item.id, LOST));
             } else {
+                candidates.push(item);
+            }
+        }
+        // Best first, so of two near duplicates the better one stays.
+        candidates.sort_by(|a, b| b.mean().total_cmp(&a.mean()).then_with(|| a.id.cmp(&b.id)));
+        let mut seen = DedupIndex::new(self.near_duplicate);
+        let mut items = Vec::with_capacity(candidates.len());
+        for item in candidates {
+            let norm = text::normalize(&item.text);
+            if seen.find(&norm).is_some() {
+                retire.push((item.id, DUPLICATE));
+            } else {
+                seen.insert(&item.id, &norm);
                 items.push(item);
             }
         }
@@ -128,16 +160,19 @@ impl RankStage {
         let mut active = 0;
         for _ in 0..MAX_REWRITES {
             let (items, retire) = self.score(inputs);
-            if !retire.is_empty() {
-                db.set_status(
-                    &job.category,
-                    &retire,
-                    ItemStatus::Rejected,
-                    Some("retired: lost to feedback"),
-                )
-                .await?;
-                metrics::counter!(names::RETIRED).increment(retire.len() as u64);
-                retired += retire.len();
+            for reason in [LOST, DUPLICATE] {
+                let ids: Vec<String> = retire
+                    .iter()
+                    .filter(|(_, r)| *r == reason)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                db.set_status(&job.category, &ids, ItemStatus::Rejected, Some(reason))
+                    .await?;
+                metrics::counter!(names::RETIRED, "reason" => reason).increment(ids.len() as u64);
+                retired += ids.len();
             }
             active = items.len();
             let view = View::new(job.category.clone(), now_ms(), items, self.config.view_size);
@@ -282,6 +317,45 @@ mod tests {
         assert!(out.is_empty(), "refill is on cooldown: {out:?}");
         let second = view(&deps, "moving house").await;
         assert_eq!(second.items[0].id, ids[2]);
+    }
+
+    #[tokio::test]
+    async fn near_duplicates_that_slipped_past_concurrent_filters_are_not_both_served() {
+        let deps = deps().await;
+        // What two filter jobs running at once can insert: each saw the pool without the other.
+        let ids = insert_pending(
+            &deps,
+            "이사 준비",
+            &[
+                "이웃에게 이사 소음 양해 구하기",
+                "이웃에게 이사 소음 양해 미리 구하기",
+                "전입신고 하기",
+            ],
+        )
+        .await;
+        let stage = RankConfig::default().build(&deps).expect("builds");
+        stage
+            .process(Job::Rank(RankJob {
+                category: "이사 준비".into(),
+                activate: ids.clone(),
+            }))
+            .await
+            .expect("ranks");
+        let served = view(&deps, "이사 준비").await;
+        assert_eq!(served.items.len(), 2, "{served:?}");
+        let rejected: Vec<_> = [&ids[0], &ids[1]]
+            .into_iter()
+            .filter(|id| !served.items.iter().any(|i| &&i.id == id))
+            .collect();
+        assert_eq!(rejected.len(), 1);
+        let detail = deps
+            .db
+            .item("이사 준비", rejected[0])
+            .await
+            .expect("reads")
+            .expect("exists");
+        assert_eq!(detail.item.status, ItemStatus::Rejected);
+        assert_eq!(detail.item.reason.as_deref(), Some(DUPLICATE));
     }
 
     #[tokio::test]

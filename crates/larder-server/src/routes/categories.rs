@@ -148,22 +148,14 @@ pub async fn items(
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
         let lookup = catalog.view(&category).await?;
-        if let Some(view) = lookup.view.filter(|v| !v.items.is_empty()) {
-            let items: Vec<Value> = if explore {
+        if let Some(served) = lookup.view.filter(|s| !s.view.items.is_empty()) {
+            let body = if explore {
                 let mut rng = rand::rng();
-                view.sample(limit, &mut rng)
-                    .into_iter()
-                    .map(|i| json!({"id": i.id, "text": i.text, "score": score(i.mean())}))
-                    .collect()
+                served.render(served.view.sample_indices(limit, &mut rng).into_iter())
             } else {
-                view.top(limit)
-                    .map(|i| json!({"id": i.id, "text": i.text, "score": score(i.mean())}))
-                    .collect()
+                served.render(0..limit.min(served.view.items.len()))
             };
-            return Ok(
-                Json(json!({"category": category, "status": "ready", "items": items}))
-                    .into_response(),
-            );
+            return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
         if lookup.loaded {
             // Just found absent in the store: make sure the category exists and generation is

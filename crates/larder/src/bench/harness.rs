@@ -79,9 +79,15 @@ pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess,
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
+    let mut server = server;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!(
+                "larder serve exited with {status} (its error is above)"
+            ));
+        }
         if let Ok(resp) = client.get(format!("{}/readyz", server.url)).send().await {
             if resp.status().is_success() {
                 return Ok(server);
@@ -153,7 +159,7 @@ name = "mock-clova"
 kind = "clova-v3"
 base_url = "{mock_url}"
 model = "HCX-005"
-api_key_env = "LARDER_BENCH_CLOVA_KEY"
+api_key_env = "BENCH_CLOVA_KEY"
 limits = {{ concurrency = {provider_concurrency}, max_retries = 2 }}
 
 [[pipeline.providers]]
@@ -164,4 +170,126 @@ model = "judge-mock"
 limits = {{ concurrency = {provider_concurrency}, max_retries = 2 }}
 "#
     )
+}
+
+/// Keep-alive HTTP/1.1 connections for load, one per worker, on hyper's low-level client:
+/// the load generator shares the machine's cores with the server, so every microsecond it
+/// spends per request (reqwest's pool and redirect machinery cost several) is taken from the
+/// server being measured.
+pub struct Connections {
+    senders: Vec<
+        tokio::sync::Mutex<
+            hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        >,
+    >,
+    host: String,
+}
+
+impl Connections {
+    pub async fn open(base_url: &str, n: usize) -> Result<Connections, String> {
+        let host = base_url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut senders = Vec::with_capacity(n);
+        for _ in 0..n {
+            let stream = tokio::net::TcpStream::connect(&host)
+                .await
+                .map_err(|e| format!("cannot connect to {host}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .map_err(|e| format!("HTTP handshake with {host}: {e}"))?;
+            tokio::spawn(connection);
+            senders.push(tokio::sync::Mutex::new(sender));
+        }
+        Ok(Connections { senders, host })
+    }
+
+    /// GET `path_and_query` on connection `worker`; the status and body length.
+    pub async fn get(&self, worker: usize, path_and_query: &str) -> Result<(u16, usize), String> {
+        use http_body_util::BodyExt;
+        let mut sender = self.senders[worker % self.senders.len()].lock().await;
+        let request = hyper::Request::get(path_and_query)
+            .header(hyper::header::HOST, self.host.as_str())
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body.len()))
+    }
+}
+
+/// Cumulative bucket counts `(le, count)` of a Prometheus histogram's samples whose labels
+/// contain `label` (e.g. the route), in bucket order.
+pub async fn histogram(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    label: &str,
+) -> Result<Vec<(f64, f64)>, String> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("cannot read {url}/metrics: {e}"))?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let prefix = format!("{name}_bucket{{");
+    let mut buckets = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(label))
+    {
+        let le = line
+            .split("le=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|le| {
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                }
+            });
+        let count = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+        if let (Some(le), Some(count)) = (le, count) {
+            buckets.push((le, count));
+        }
+    }
+    Ok(buckets)
+}
+
+/// What the server's own latency histogram saw between two readings: the share of requests
+/// answered within 1 ms, and the smallest bucket bound holding 99% of them.
+pub fn server_side(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<(f64, f64)> {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, count)| {
+            let was = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, c)| *c);
+            (*le, count - was)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let within_1ms = delta.iter().find(|(le, _)| *le >= 0.001)?.1 / total;
+    let p99 = delta.iter().find(|(_, c)| *c >= 0.99 * total)?.0;
+    Some((within_1ms, p99 * 1000.0))
 }

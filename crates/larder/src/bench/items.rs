@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::harness::{bench_config, metric_sum, mock_llm, serve};
+use super::harness::{
+    bench_config, histogram, metric_sum, mock_llm, serve, server_side, Connections,
+};
 use super::load::{drive_rate, Report};
 
 #[derive(Args)]
@@ -71,7 +73,7 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    let server = serve(&config, &[("LARDER_BENCH_CLOVA_KEY", "bench-key")]).await?;
+    let server = serve(&config, &[("BENCH_CLOVA_KEY", "bench-key")]).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()
@@ -106,34 +108,37 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
         args.limit, args.explore, args.rate, args.concurrency, args.duration
     );
 
-    let load = |client: reqwest::Client, url: Arc<String>| {
-        move |_worker: usize, _i: u64| {
-            let client = client.clone();
-            let url = url.clone();
+    let connections = Arc::new(Connections::open(&server.url, args.concurrency).await?);
+    let path = Arc::new(
+        items_url
+            .trim_start_matches(server.url.as_str())
+            .to_string(),
+    );
+    let load = |connections: Arc<Connections>, path: Arc<String>| {
+        move |worker: usize, _i: u64| {
+            let (connections, path) = (connections.clone(), path.clone());
             async move {
-                let resp = client
-                    .get(url.as_str())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if resp.status() != reqwest::StatusCode::OK {
-                    return Err(format!("status {}", resp.status()));
+                match connections.get(worker, &path).await? {
+                    (200, _) => Ok(()),
+                    (status, _) => Err(format!("status {status}")),
                 }
-                resp.bytes().await.map_err(|e| e.to_string())?;
-                Ok(())
             }
         }
     };
-    let url = Arc::new(items_url);
     let duration = Duration::from_secs(args.duration);
+    let seconds = "larder_http_request_seconds";
+    let route = "route=\"/v1/categories/{category}/items\"";
+    let idle_before = histogram(&client, &server.url, seconds, route).await?;
     let idle = drive_rate(
         args.concurrency,
         args.rate,
         duration,
-        load(client.clone(), url.clone()),
+        load(connections.clone(), path.clone()),
     )
     .await;
+    let idle_after = histogram(&client, &server.url, seconds, route).await?;
     print("pipeline idle", &idle);
+    print_server_side(&idle_before, &idle_after);
 
     // Flat out: keep `flood` categories regenerating for the whole second run.
     let flood: Vec<String> = (0..args.flood).map(|i| format!("flood-{i}")).collect();
@@ -165,19 +170,22 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
     let before = metric_sum(&client, &server.url, generations).await?;
     let jobs_before = metric_sum(&client, &server.url, "larder_pipeline_jobs_total").await?;
     let started = Instant::now();
+    let busy_before = histogram(&client, &server.url, seconds, route).await?;
     let busy = drive_rate(
         args.concurrency,
         args.rate,
         duration,
-        load(client.clone(), url),
+        load(connections.clone(), path),
     )
     .await;
     let elapsed = started.elapsed().as_secs_f64();
+    let busy_after = histogram(&client, &server.url, seconds, route).await?;
     let after = metric_sum(&client, &server.url, generations).await?;
     let jobs_after = metric_sum(&client, &server.url, "larder_pipeline_jobs_total").await?;
     let _ = stop_tx.send(true);
     let _ = flooder.await;
     print("pipeline busy", &busy);
+    print_server_side(&busy_before, &busy_after);
     println!(
         "pipeline during the busy run: {:.0} generations/s, {:.0} stage jobs/s",
         (after - before) / elapsed,
@@ -192,6 +200,16 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
     drop(server);
     drop(mock);
     Ok(())
+}
+
+/// The server's own view (its request histogram): no client or scheduling delay in it.
+fn print_server_side(before: &[(f64, f64)], after: &[(f64, f64)]) {
+    if let Some((within, p99)) = server_side(before, after) {
+        println!(
+            "  server-side: {:.2}% answered within 1 ms, p99 <= {p99} ms (histogram bucket)",
+            within * 100.0
+        );
+    }
 }
 
 /// Wait until no stage has a job in flight for a second.
