@@ -16,17 +16,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(format!("request body is too large: {}", e.body_text()))
-            } else {
-                ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
+}
+
+/// The whole body, within the router's size limit (`413 too_large` beyond it).
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body is too large: {}", e.body_text()))
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
+        }
+    })
 }
 
 /// A JSON body that may be absent: an empty body gives `T::default()`.
@@ -36,13 +41,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge(format!("request body is too large: {}", e.body_text()))
-            } else {
-                ApiError::BadRequest(format!("cannot read request body: {}", e.body_text()))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJsonBody(T::default()));
         }

@@ -62,13 +62,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let store = larder_store::open(&config.store, &config.store_options())
+    let store = open_store(&config).await?;
+    serve(listener, store, config, shutdown).await
+}
+
+/// The store `config.store` names (for the server, workers and `larder rebuild` alike).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    larder_store::open(&config.store, &config.store_options())
         .await
         .map_err(|source| ServerError::Store {
             store: config.store.clone(),
             source,
-        })?;
-    serve(listener, store, config, shutdown).await
+        })
+}
+
+/// The main DB `config.db` names, or its default.
+pub async fn open_db(config: &Config) -> Result<larder_db::Db, ServerError> {
+    let db = config.db_url();
+    larder_db::Db::connect(&db)
+        .await
+        .map_err(|source| ServerError::Db { db, source })
 }
 
 /// Serve an already opened store.
@@ -113,10 +126,7 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(store: &Arc<dyn Store>, config: &Config) -> Result<Pipeline, ServerError> {
-        let db_url = config.db_url();
-        let db = larder_db::Db::connect(&db_url)
-            .await
-            .map_err(|source| ServerError::Db { db: db_url, source })?;
+        let db = open_db(config).await?;
         let pipeline = &config.pipeline;
         let broker = larder_pipeline::open_broker(pipeline, &config.store).await?;
         let queue = larder_pipeline::Queue::new(

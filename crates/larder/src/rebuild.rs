@@ -57,13 +57,12 @@ pub async fn run(args: RebuildArgs) -> i32 {
 }
 
 async fn rebuild(config: &Config, only: Vec<String>) -> Result<usize, String> {
-    let store = larder_store::open(&config.store, &config.store_options())
+    let store = larder_server::open_store(config)
         .await
-        .map_err(|e| format!("cannot open store {}: {e}", config.store))?;
-    let db_url = config.db_url();
-    let db = larder_db::Db::connect(&db_url)
+        .map_err(|e| e.to_string())?;
+    let db = larder_server::open_db(config)
         .await
-        .map_err(|e| format!("cannot open the main DB {db_url}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let categories: Vec<String> = if only.is_empty() {
         db.categories()
             .await

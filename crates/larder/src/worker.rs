@@ -83,13 +83,12 @@ pub async fn run(args: WorkerArgs) -> i32 {
 
 async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<(), String> {
     larder_server::metrics::handle();
-    let store = larder_store::open(&config.store, &config.store_options())
+    let store = larder_server::open_store(&config)
         .await
-        .map_err(|e| format!("cannot open store {}: {e}", config.store))?;
-    let db_url = config.db_url();
-    let db = larder_db::Db::connect(&db_url)
+        .map_err(|e| e.to_string())?;
+    let db = larder_server::open_db(&config)
         .await
-        .map_err(|e| format!("cannot open the main DB {db_url}: {e}"))?;
+        .map_err(|e| e.to_string())?;
     let broker = larder_pipeline::open_broker(&config.pipeline, &config.store)
         .await
         .map_err(|e| format!("cannot open the broker: {e}"))?;

@@ -123,12 +123,18 @@ async fn serve(dir: &Path, config: &Path, port: u16) -> Proc {
     );
 }
 
-/// Every provider on the mock: an OpenAI-compatible and a CLOVA v1 writer, a CLOVA v3 judge.
+/// Every provider on the mock: an OpenAI-compatible and a CLOVA v1 writer, a CLOVA v3 judge;
+/// the main DB is a SQLite file in `dir`.
 fn config(dir: &Path, store: &str, mock: &str, extra_pipeline: &str) -> PathBuf {
+    let db = format!("sqlite://{}", dir.join("larder.db").display());
+    config_with_db(dir, store, &db, mock, extra_pipeline)
+}
+
+fn config_with_db(dir: &Path, store: &str, db: &str, mock: &str, extra_pipeline: &str) -> PathBuf {
     let path = dir.join("larder.toml");
     let text = format!(
         r#"store = "{store}"
-db = "sqlite://{db}"
+db = "{db}"
 
 [pipeline]
 seed_categories = []
@@ -165,8 +171,7 @@ base_url = "{mock}"
 model = "HCX-005"
 api_key_env = "TEST_CLOVA_KEY"
 limits = {{ max_retries = 2, backoff_base_ms = 50 }}
-"#,
-        db = dir.join("larder.db").display()
+"#
     );
     std::fs::write(&path, text).expect("write config");
     path
@@ -391,10 +396,18 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let redis = RedisServer::start();
+    // The workers share a PostgreSQL main DB here (the other tests use a SQLite file).
+    let postgres = larder_testkit::PostgresDb::start();
     let dir = tempfile::tempdir().expect("tempdir");
     // Slow answers, so the evaluate worker is surely mid-job when it is killed.
     let mock = mock_llm(dir.path(), &["--latency-ms", "700"]);
-    let config = config(dir.path(), &redis.url(), &mock.url, "stages = []");
+    let config = config_with_db(
+        dir.path(),
+        &redis.url(),
+        &postgres.url(),
+        &mock.url,
+        "stages = []",
+    );
     let server = serve(dir.path(), &config, free_port()).await;
     let mut workers: Vec<Proc> = ["generate", "filter", "rank"]
         .iter()
@@ -431,12 +444,9 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     doomed.kill(); // SIGKILL, mid-batch: its jobs are delivered but never acknowledged.
     workers.push(worker(dir.path(), &config, "evaluate", 1));
 
-    let db = larder_db::Db::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("larder.db").display()
-    ))
-    .await
-    .expect("main DB");
+    let db = larder_db::Db::connect(&postgres.url())
+        .await
+        .expect("main DB");
     for name in &categories {
         let items = ready_items(&client, &server, name, Duration::from_secs(60)).await;
         let ids: HashSet<&str> = items.iter().filter_map(|i| i["id"].as_str()).collect();

@@ -98,9 +98,9 @@ pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess,
     Err("larder serve did not become ready within 30 s".into())
 }
 
-/// Sum of every sample of metric `name` in a Prometheus text page (all label sets).
-pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f64, String> {
-    let text = client
+/// The server's `/metrics` page.
+async fn metrics_text(client: &reqwest::Client, url: &str) -> Result<String, String> {
+    client
         .get(format!("{url}/metrics"))
         .send()
         .await
@@ -108,7 +108,12 @@ pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Resu
         .map_err(|e| format!("cannot read {url}/metrics: {e}"))?
         .text()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+/// Sum of every sample of metric `name` in a Prometheus text page (all label sets).
+pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f64, String> {
+    let text = metrics_text(client, url).await?;
     Ok(text
         .lines()
         .filter(|l| {
@@ -238,15 +243,7 @@ pub async fn histogram(
     name: &str,
     label: &str,
 ) -> Result<Vec<(f64, f64)>, String> {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("cannot read {url}/metrics: {e}"))?
-        .text()
-        .await
-        .map_err(|e| e.to_string())?;
+    let text = metrics_text(client, url).await?;
     let prefix = format!("{name}_bucket{{");
     let mut buckets = Vec::new();
     for line in text
