@@ -100,6 +100,11 @@ pub trait Subscription: Send + Sync {
     /// another consumer while a slow job (a provider honouring a long Retry-After) runs.
     /// Callers send this every fraction of `claim_idle`; a killed consumer stops sending it.
     async fn touch(&self, id: &str) -> Result<(), BrokerError>;
+    /// Give a message back after its consumer failed: it is delivered again (to any consumer)
+    /// after `after`, or dead-lettered after `max_deliveries`. Redis Streams need nothing for
+    /// this (an unacknowledged message is reclaimed after `claim_idle`); the in-memory broker,
+    /// which never reclaims, re-queues it.
+    async fn release(&self, id: &str, after: Duration) -> Result<(), BrokerError>;
 }
 
 /// In-process channels: the embedded default.
@@ -107,8 +112,8 @@ pub trait Subscription: Send + Sync {
 /// Unbounded, because the pipeline has a cycle (rank → generate) that a bounded queue could
 /// deadlock; stages bound their own concurrency instead (`max_len` is therefore ignored).
 /// Competing consumers per stage; concurrent `next` calls are safe. Messages delivered but never
-/// acked are not redelivered (in-process, a crash loses the whole process anyway), so every
-/// delivery has `deliveries == 1` and `dead_letters` is always empty.
+/// acked are not redelivered unless their consumer releases them (in-process, a crash loses
+/// the whole process anyway); a message released `max_deliveries` times is dead-lettered.
 pub fn memory(options: BrokerOptions) -> Arc<dyn Broker> {
     Arc::new(memory::MemoryBroker::new(options))
 }

@@ -1,7 +1,7 @@
 //! In-process broker: one unbounded channel per stage, whose receiver the stage's consumers
 //! take turns on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -9,12 +9,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
-use crate::metrics::{self, ACKED, DELIVERED, PUBLISHED};
+use crate::metrics::{self, ACKED, DEAD_LETTERED, DELIVERED, PUBLISHED};
 use crate::{Broker, BrokerError, BrokerOptions, Delivery, Subscription};
 
 struct Message {
     id: u64,
     payload: Vec<u8>,
+    /// Deliveries so far (0 when new).
+    deliveries: u64,
+}
+
+/// A message handed out and not yet acked, kept so that a `release` can hand it out again.
+struct Unacked {
+    payload: Vec<u8>,
+    deliveries: u64,
 }
 
 /// The queue into one stage.
@@ -28,22 +36,27 @@ struct Stage {
     /// Published but not yet handed out.
     queued: AtomicU64,
     /// Handed out but not yet acked. A std mutex: only held for an insert or a remove.
-    unacked: Mutex<HashSet<u64>>,
+    unacked: Mutex<HashMap<u64, Unacked>>,
+    /// Released too often (more than `max_deliveries`).
+    dead: Mutex<Vec<Delivery>>,
+    max_deliveries: u64,
 }
 
 impl Stage {
-    fn new(name: &str) -> Stage {
+    fn new(name: &str, max_deliveries: u64) -> Stage {
         let (tx, rx) = mpsc::unbounded_channel();
         Stage {
             name: name.to_owned(),
             tx,
             rx: tokio::sync::Mutex::new(rx),
             queued: AtomicU64::new(0),
-            unacked: Mutex::new(HashSet::new()),
+            unacked: Mutex::new(HashMap::new()),
+            dead: Mutex::new(Vec::new()),
+            max_deliveries,
         }
     }
 
-    fn unacked(&self) -> MutexGuard<'_, HashSet<u64>> {
+    fn unacked(&self) -> MutexGuard<'_, HashMap<u64, Unacked>> {
         // The set stays consistent even if a holder panicked: every critical section is one
         // insert, remove or len.
         self.unacked.lock().unwrap_or_else(PoisonError::into_inner)
@@ -53,15 +66,17 @@ impl Stage {
 pub(crate) struct MemoryBroker {
     stages: Mutex<HashMap<String, Arc<Stage>>>,
     next_id: AtomicU64,
+    max_deliveries: u64,
 }
 
 impl MemoryBroker {
-    /// No option applies in memory: nothing is redelivered (so nothing is reclaimed or
-    /// dead-lettered) and the queues are unbounded on purpose (see [`crate::memory`]).
-    pub(crate) fn new(_options: BrokerOptions) -> MemoryBroker {
+    /// Only `max_deliveries` applies in memory: a message is delivered again only when its
+    /// consumer releases it, and the queues are unbounded on purpose (see [`crate::memory`]).
+    pub(crate) fn new(options: BrokerOptions) -> MemoryBroker {
         MemoryBroker {
             stages: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            max_deliveries: options.max_deliveries.max(1),
         }
     }
 
@@ -69,7 +84,7 @@ impl MemoryBroker {
         let mut stages = self.stages.lock().unwrap_or_else(PoisonError::into_inner);
         stages
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Stage::new(name)))
+            .or_insert_with(|| Arc::new(Stage::new(name, self.max_deliveries)))
             .clone()
     }
 }
@@ -88,6 +103,7 @@ impl Broker for MemoryBroker {
         let message = Message {
             id,
             payload: payload.to_vec(),
+            deliveries: 0,
         };
         if stage.tx.send(message).is_err() {
             // Unreachable while `stage` (which owns the receiver) is alive; kept as an error
@@ -119,12 +135,10 @@ impl Broker for MemoryBroker {
         Ok(stage.queued.load(Ordering::SeqCst) + unacked)
     }
 
-    async fn dead_letters(
-        &self,
-        _stage: &str,
-        _limit: usize,
-    ) -> Result<Vec<Delivery>, BrokerError> {
-        Ok(Vec::new())
+    async fn dead_letters(&self, stage: &str, limit: usize) -> Result<Vec<Delivery>, BrokerError> {
+        let stage = self.stage(stage);
+        let dead = stage.dead.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(dead.iter().take(limit).cloned().collect())
     }
 }
 
@@ -150,13 +164,20 @@ impl Subscription for MemorySubscription {
             Ok(None) | Err(_) => return Ok(None),
         };
         // Insert before decrementing `queued`, so `backlog` never dips below the truth.
-        stage.unacked().insert(message.id);
+        let deliveries = message.deliveries + 1;
+        stage.unacked().insert(
+            message.id,
+            Unacked {
+                payload: message.payload.clone(),
+                deliveries,
+            },
+        );
         stage.queued.fetch_sub(1, Ordering::SeqCst);
         metrics::count(DELIVERED, &stage.name);
         Ok(Some(Delivery {
             id: message.id.to_string(),
             payload: message.payload,
-            deliveries: 1,
+            deliveries,
         }))
     }
 
@@ -164,9 +185,44 @@ impl Subscription for MemorySubscription {
         let id: u64 = id
             .parse()
             .map_err(|_| BrokerError::InvalidId(id.to_owned()))?;
-        if self.stage.unacked().remove(&id) {
+        if self.stage.unacked().remove(&id).is_some() {
             metrics::count(ACKED, &self.stage.name);
         }
+        Ok(())
+    }
+
+    /// Queue the message again after `after` (its consumer failed), or dead-letter it once it
+    /// has been delivered `max_deliveries` times.
+    async fn release(&self, id: &str, after: Duration) -> Result<(), BrokerError> {
+        let key: u64 = id
+            .parse()
+            .map_err(|_| BrokerError::InvalidId(id.to_owned()))?;
+        let Some(unacked) = self.stage.unacked().remove(&key) else {
+            return Ok(());
+        };
+        let stage = self.stage.clone();
+        if unacked.deliveries >= stage.max_deliveries {
+            metrics::count(DEAD_LETTERED, &stage.name);
+            let mut dead = stage.dead.lock().unwrap_or_else(PoisonError::into_inner);
+            dead.push(Delivery {
+                id: id.to_owned(),
+                payload: unacked.payload,
+                deliveries: unacked.deliveries,
+            });
+            return Ok(());
+        }
+        stage.queued.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let message = Message {
+                id: key,
+                payload: unacked.payload,
+                deliveries: unacked.deliveries,
+            };
+            if stage.tx.send(message).is_err() {
+                stage.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+        });
         Ok(())
     }
 

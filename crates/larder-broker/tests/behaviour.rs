@@ -52,7 +52,10 @@ async fn suite(target: &Target) {
     backlog_counts_queued_and_unacked(target).await;
     blocking_next_does_not_delay_publish_or_ack(target).await;
     match target {
-        Target::Memory => unacked_messages_are_not_redelivered_in_memory(target).await,
+        Target::Memory => {
+            unacked_messages_are_not_redelivered_in_memory(target).await;
+            released_messages_come_back_then_dead_letter(target).await;
+        }
         Target::Redis(_) => {
             a_dead_consumers_messages_are_reclaimed(target).await;
             a_touched_message_is_not_reclaimed(target).await;
@@ -335,6 +338,47 @@ async fn a_touched_message_is_not_reclaimed(target: &Target) {
         a.touch("not-an-id").await,
         Err(larder_broker::BrokerError::InvalidId(_))
     ));
+}
+
+/// In memory, a failed consumer releases its message: it comes back after the delay with its
+/// delivery count, and after `max_deliveries` it is dead-lettered.
+async fn released_messages_come_back_then_dead_letter(target: &Target) {
+    let broker = target.broker(fast()).await;
+    broker.publish("flaky", b"retry me").await.expect("publish");
+    let sub = broker.subscribe("flaky", "c").await.expect("subscribe");
+    for attempt in 1..=3 {
+        let d = next(sub.as_ref(), Duration::from_secs(1))
+            .await
+            .expect("delivered again");
+        assert_eq!((text(&d).as_str(), d.deliveries), ("retry me", attempt));
+        sub.release(&d.id, Duration::from_millis(100))
+            .await
+            .expect("release");
+        if attempt < 3 {
+            assert!(
+                next(sub.as_ref(), Duration::from_millis(50))
+                    .await
+                    .is_none(),
+                "not before the delay"
+            );
+        }
+    }
+    assert!(
+        next(sub.as_ref(), Duration::from_millis(300))
+            .await
+            .is_none(),
+        "dead after 3"
+    );
+    let dead = broker
+        .dead_letters("flaky", 10)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (dead[0].payload.as_slice(), dead[0].deliveries),
+        (&b"retry me"[..], 3)
+    );
+    assert_eq!(broker.backlog("flaky").await.expect("backlog"), 0);
 }
 
 async fn poison_messages_end_in_dead_letters(target: &Target) {

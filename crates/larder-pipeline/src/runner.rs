@@ -148,34 +148,38 @@ async fn handle(
     };
     let category = job.category().to_string();
     let started = Instant::now();
-    let in_flight = metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => name);
-    in_flight.increment(1.0);
-    // Keep the message ours while we work on it; a killed process stops this, and then the
-    // broker hands the message to another consumer.
-    let toucher = {
-        let (subscription, id) = (subscription.clone(), delivery.id.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+    let in_flight = InFlight::new(name);
+    // Keep the message ours while we work on it: a killed process stops this, and then the
+    // broker hands the message to another consumer. It runs in this task, so nothing outlives
+    // the job, even when the job panics.
+    let heartbeat_loop = async {
+        let mut tick = tokio::time::interval(heartbeat.max(Duration::from_millis(10)));
+        tick.tick().await;
+        loop {
             tick.tick().await;
-            loop {
-                tick.tick().await;
-                if let Err(error) = subscription.touch(&id).await {
-                    tracing::debug!(%error, "heartbeat failed");
-                }
+            if let Err(error) = subscription.touch(&delivery.id).await {
+                tracing::debug!(%error, "heartbeat failed");
             }
-        })
+        }
     };
-    let result = stage.process(job).await;
-    toucher.abort();
-    in_flight.decrement(1.0);
+    let result = tokio::select! {
+        result = stage.process(job) => result,
+        never = heartbeat_loop => never,
+    };
+    drop(in_flight);
     metrics::histogram!(names::STAGE_SECONDS, "stage" => name)
         .record(started.elapsed().as_secs_f64());
     let outputs = match result {
         Ok(outputs) => outputs,
         Err(error) => {
-            tracing::warn!(stage = name, category = %category, deliveries = delivery.deliveries, error = %error, "job failed; left for redelivery");
+            // Back off before the next attempt: 1 s, 2 s, 4 s, … at most a minute.
+            let retry_in = Duration::from_secs(1 << delivery.deliveries.saturating_sub(1).min(6));
+            tracing::warn!(stage = name, category = %category, deliveries = delivery.deliveries, ?retry_in, error = %error, "job failed; it will be delivered again");
             metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "error")
                 .increment(1);
+            if let Err(error) = subscription.release(&delivery.id, retry_in).await {
+                tracing::warn!(stage = name, %error, "cannot release the failed job");
+            }
             return;
         }
     };
@@ -184,9 +188,12 @@ async fn handle(
             .publish(output.stage().as_str(), &output.encode())
             .await
         {
-            tracing::warn!(stage = name, category = %category, error = %error, "publish failed; left for redelivery");
+            tracing::warn!(stage = name, category = %category, error = %error, "publish failed; the job will be delivered again");
             metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "error")
                 .increment(1);
+            let _ = subscription
+                .release(&delivery.id, Duration::from_secs(1))
+                .await;
             return;
         }
     }
@@ -194,6 +201,23 @@ async fn handle(
         tracing::warn!(stage = name, error = %error, "ack failed; the job may run again (handlers are idempotent)");
     }
     metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "ok").increment(1);
+}
+
+/// The in-flight gauge of a stage, decremented when the job ends however it ends.
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn new(stage: &'static str) -> InFlight {
+        let gauge = metrics::gauge!(names::STAGE_IN_FLIGHT, "stage" => stage);
+        gauge.increment(1.0);
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// How long stopping waits for jobs in flight.
@@ -206,30 +230,63 @@ pub struct PipelineHost {
 }
 
 impl PipelineHost {
-    /// Start `stages` on a new `larder-pipeline` runtime with `threads` worker threads.
-    pub fn spawn(
-        stages: Vec<Arc<dyn Stage>>,
+    /// Start a `larder-pipeline` thread with its own single-threaded runtime, build the stages
+    /// there with `build` (so that the connections they open belong to that runtime and
+    /// thread, not to serving's), and run them. Returns once they are built.
+    ///
+    /// With `idle_priority`, the thread runs in the kernel's idle class (Linux `SCHED_IDLE`),
+    /// and so do the threads it starts (SQLite connection threads of a pool it opens), so
+    /// pipeline work only gets CPU time serving leaves free. The runtime's blocking pool is
+    /// put back to normal priority: serving shares the embedded store, whose writes run there
+    /// holding the store's write lock, and a starved lock holder would stall serving writes.
+    pub async fn spawn<F, Fut>(
+        build: F,
         broker: Arc<dyn Broker>,
-        threads: usize,
         heartbeat: Duration,
         idle_priority: bool,
-    ) -> std::io::Result<PipelineHost> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("larder-pipeline")
-            .on_thread_start(move || {
-                if idle_priority {
-                    lower_priority();
-                }
-            })
-            .enable_all()
-            .build()?;
+    ) -> Result<PipelineHost, StageError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Arc<dyn Stage>>, StageError>>,
+    {
         let (shutdown, watcher) = watch::channel(false);
+        let (built_tx, built_rx) = tokio::sync::oneshot::channel();
         let prefix = consumer_prefix();
         let thread = std::thread::Builder::new()
-            .name("larder-pipeline-host".into())
+            .name("larder-pipeline".into())
             .spawn(move || {
+                if idle_priority {
+                    set_priority(Priority::Idle);
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .thread_name("larder-pipeline-blocking")
+                    .on_thread_start(move || {
+                        if idle_priority {
+                            set_priority(Priority::Normal);
+                        }
+                    })
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = built_tx.send(Err(StageError::Config(format!(
+                            "cannot start the pipeline runtime: {error}"
+                        ))));
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
+                    let stages = match build().await {
+                        Ok(stages) => {
+                            let _ = built_tx.send(Ok(()));
+                            stages
+                        }
+                        Err(error) => {
+                            let _ = built_tx.send(Err(error));
+                            return;
+                        }
+                    };
                     let mut running = JoinSet::new();
                     for (index, stage) in stages.into_iter().enumerate() {
                         let consumer = format!("{prefix}-{}-{index}", stage.kind().as_str());
@@ -251,11 +308,19 @@ impl PipelineHost {
                         tracing::warn!(grace = ?STOP_GRACE, "pipeline jobs still running at shutdown were cancelled");
                     }
                 });
-            })?;
-        Ok(PipelineHost {
+            })
+            .map_err(|e| StageError::Config(format!("cannot start the pipeline thread: {e}")))?;
+        let host = PipelineHost {
             shutdown,
             thread: Some(thread),
-        })
+        };
+        match built_rx.await {
+            Ok(Ok(())) => Ok(host),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StageError::Config(
+                "the pipeline thread stopped while starting".into(),
+            )),
+        }
     }
 
     /// Stop taking jobs, finish those in flight, and wait for the runtime to end.
@@ -277,22 +342,42 @@ impl Drop for PipelineHost {
     }
 }
 
-/// Put the calling thread in the kernel's idle scheduling class (Linux `SCHED_IDLE`): it
-/// runs only on CPU time nothing else wants. Every thread of the in-process pipeline runtime
-/// (workers and its blocking pool) gets this, so generation, filtering and ranking can never
-/// take a core from a request. On other systems, or when the call is refused, it lowers the
-/// thread's priority as far as allowed.
-fn lower_priority() {
-    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    let result = thread_priority::set_thread_priority_and_policy(
-        thread_priority::thread_native_id(),
-        ThreadPriority::Min,
-        idle,
+#[derive(Clone, Copy)]
+enum Priority {
+    Idle,
+    Normal,
+}
+
+/// thread-priority maps its cross-platform 0..=99 scale onto nice 19..=-20 for the normal
+/// policies; 48 is nice 0, the default (checked in a test). Both classes keep nice 0, because
+/// an unprivileged thread may leave `SCHED_IDLE` only when its nice value needs no raising.
+const NICE_ZERO: u8 = 48;
+
+fn nice_zero() -> thread_priority::ThreadPriority {
+    thread_priority::ThreadPriority::Crossplatform(
+        NICE_ZERO.try_into().expect("48 is within 0..=99"),
     )
-    .or_else(|_| thread_priority::set_current_thread_priority(ThreadPriority::Min));
-    if let Err(error) = result {
-        tracing::debug!(?error, "cannot lower the pipeline thread's priority");
+}
+
+/// Move the calling thread to the kernel's idle scheduling class (Linux `SCHED_IDLE`: it runs
+/// only on CPU time nothing else wants), or back to the normal one. Where that is refused
+/// (other systems, or leaving the idle class without privileges) the thread stays as it is;
+/// that is logged, not fatal.
+fn set_priority(priority: Priority) {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+    let policy = match priority {
+        Priority::Idle => NormalThreadSchedulePolicy::Idle,
+        Priority::Normal => NormalThreadSchedulePolicy::Other,
+    };
+    if let Err(error) = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        nice_zero(),
+        ThreadSchedulePolicy::Normal(policy),
+    ) {
+        tracing::debug!(
+            ?error,
+            "cannot change the pipeline thread's scheduling class"
+        );
     }
 }
 
@@ -302,4 +387,46 @@ pub fn consumer_prefix() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "larder".into());
     format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+
+    #[test]
+    fn nice_zero_is_nice_zero() {
+        let other = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        assert_eq!(nice_zero().to_posix(other).expect("maps"), 0);
+    }
+
+    #[test]
+    fn a_thread_goes_idle_and_back() {
+        std::thread::spawn(|| {
+            set_priority(Priority::Idle);
+            let idle = thread_priority::thread_schedule_policy().expect("policy");
+            set_priority(Priority::Normal);
+            let normal = thread_priority::thread_schedule_policy().expect("policy");
+            (idle, normal)
+        })
+        .join()
+        .map(|(idle, normal)| {
+            assert_eq!(
+                idle,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+            );
+            // Leaving the idle class needs privileges (or a raised RLIMIT_NICE).
+            let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+            });
+            if root {
+                assert_eq!(
+                    normal,
+                    ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other)
+                );
+            }
+        })
+        .expect("thread runs");
+    }
 }

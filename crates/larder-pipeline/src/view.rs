@@ -38,6 +38,11 @@ pub fn posterior(prior: (f64, f64), selections: u64, weighted_impressions: f64) 
     )
 }
 
+/// A posterior mean as the API shows it: 4 decimals.
+pub fn served_score(mean: f64) -> f64 {
+    (mean * 10_000.0).round() / 10_000.0
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewItem {
     pub id: String,

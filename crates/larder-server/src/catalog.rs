@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use larder_db::Db;
-use larder_pipeline::view::View;
+use larder_pipeline::view::{served_score, View};
 use larder_pipeline::Queue;
 use larder_store::{Invalidation, Store, StoreError};
 use tokio::sync::{watch, Notify};
@@ -61,7 +61,7 @@ impl Served {
                 serde_json::to_string(&ServedItem {
                     id: &item.id,
                     text: &item.text,
-                    score: (item.mean() * 10_000.0).round() / 10_000.0,
+                    score: served_score(item.mean()),
                 })
                 .unwrap_or_default()
             })
@@ -137,6 +137,9 @@ impl Catalog {
             }
         }
         metrics::counter!(names::VIEW_CACHE, "result" => "miss").increment(1);
+        // An announcement while we read may mean we read the older view: then answer with it,
+        // but do not cache it.
+        let generation = *self.announced.borrow();
         let view = match self.store.get_view(category).await {
             Ok(bytes) => bytes.and_then(|bytes| match View::decode(&bytes) {
                 Ok(view) => Some(Arc::new(Served::new(view))),
@@ -157,21 +160,34 @@ impl Catalog {
                 None => return Err(error),
             },
         };
-        self.views.insert(
-            category.to_string(),
-            Arc::new(Cached {
-                view: view.clone(),
-                at: Instant::now(),
-            }),
-        );
+        if *self.announced.borrow() == generation {
+            self.views.insert(
+                category.to_string(),
+                Arc::new(Cached {
+                    view: view.clone(),
+                    at: Instant::now(),
+                }),
+            );
+        }
         Ok(Lookup { view, loaded: true })
     }
 
-    /// Wait until a view is announced (any category) or `deadline` passes.
-    pub async fn wait_for_announcement(&self, deadline: Instant) {
-        let mut changed = self.announced.subscribe();
-        changed.mark_unchanged();
-        let _ = tokio::time::timeout_at(deadline.into(), changed.changed()).await;
+    /// Announcements from now on; take this *before* looking at a view, so that one made
+    /// in between still wakes [`Self::wait_for_announcement`].
+    pub fn announcements(&self) -> watch::Receiver<u64> {
+        let mut changes = self.announced.subscribe();
+        changes.mark_unchanged();
+        changes
+    }
+
+    /// Wait until a view is announced (any category) since `changes` was taken, or until
+    /// `deadline`.
+    pub async fn wait_for_announcement(
+        &self,
+        mut changes: watch::Receiver<u64>,
+        deadline: Instant,
+    ) {
+        let _ = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
     }
 
     fn announce(&self, invalidation: Invalidation) {
@@ -222,7 +238,10 @@ impl Catalog {
             };
             for category in categories {
                 if let Err(error) = self.queue.rank(&category).await {
-                    tracing::warn!(category = %category, %error, "cannot queue re-rank after feedback");
+                    tracing::warn!(category = %category, %error, "cannot queue re-rank after feedback; will retry");
+                    // Keep it dirty: the next round (or the next feedback) tries again.
+                    self.feedback_arrived(&category);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }

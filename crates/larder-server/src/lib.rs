@@ -140,22 +140,44 @@ impl Pipeline {
             store.clone(),
             pipeline.rank.prior_strength,
         );
+        let all_stages = larder_pipeline::StageKind::ALL
+            .iter()
+            .all(|s| pipeline.stages.contains(s));
+        if broker.kind() == "memory" && !all_stages {
+            return Err(ServerError::Pipeline(larder_pipeline::StageError::Config(
+                "pipeline.stages: with the in-memory broker every stage must run in this process (no worker can reach its queue); list all four, or use a Redis store or pipeline.broker".into(),
+            )));
+        }
         let host = if pipeline.stages.is_empty() {
             None
         } else {
-            let deps = larder_pipeline::Deps {
-                db: db.clone(),
-                store: store.clone(),
-                providers: larder_pipeline::runner::build_providers(&pipeline.providers)?,
+            // The pipeline gets its own DB pool, opened on its own thread, so that serving's
+            // connections never depend on the low-priority pipeline thread. An in-memory
+            // SQLite DB exists only inside its one pool, so that one is shared.
+            let url = config.db_url();
+            let (shared_db, store, stages_config) = (db.clone(), store.clone(), pipeline.clone());
+            let build = move || async move {
+                let db = if url.starts_with("sqlite::memory:") {
+                    shared_db
+                } else {
+                    larder_db::Db::connect(&url).await?
+                };
+                let deps = larder_pipeline::Deps {
+                    db,
+                    store,
+                    providers: larder_pipeline::runner::build_providers(&stages_config.providers)?,
+                };
+                larder_pipeline::runner::build_stages(&stages_config, &deps, &stages_config.stages)
             };
-            let stages = larder_pipeline::runner::build_stages(pipeline, &deps, &pipeline.stages)?;
-            Some(larder_pipeline::runner::PipelineHost::spawn(
-                stages,
-                broker.clone(),
-                1,
-                pipeline.heartbeat(),
-                pipeline.idle_priority,
-            )?)
+            Some(
+                larder_pipeline::runner::PipelineHost::spawn(
+                    build,
+                    broker.clone(),
+                    pipeline.heartbeat(),
+                    pipeline.idle_priority,
+                )
+                .await?,
+            )
         };
         seed(&db, &queue, &pipeline.seed_categories).await;
         let tasks = vec![

@@ -56,6 +56,12 @@ pub async fn run(args: WorkerArgs) -> i32 {
             return 2;
         }
     };
+    if config.db.is_empty() {
+        // The default (a SQLite file in the local data dir) is the server's only on the same
+        // host and directory; a worker that silently used another DB would drop every job.
+        eprintln!("error: --db: a worker needs the main DB the server uses (sqlite://FILE or postgres://…); set --db, LARDER_DB or db in the config file");
+        return 2;
+    }
     if let Some(n) = args.concurrency {
         if n == 0 {
             eprintln!("error: --concurrency: expected at least 1");
@@ -159,30 +165,33 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
 }
 
 fn ops_router(store: Arc<dyn larder_store::Store>, db: larder_db::Db) -> Router {
+    use larder_server::routes::ops;
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
         .route(
             "/readyz",
             get(move || {
                 let (store, db) = (store.clone(), db.clone());
-                async move {
-                    use axum::http::StatusCode;
-                    match (store.ping().await, db.ping().await) {
-                        (Ok(()), Ok(())) => (StatusCode::OK, axum::Json(serde_json::json!({"status": "ready"}))),
-                        (store, db) => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            axum::Json(serde_json::json!({"error": {"code": "unavailable", "message": format!(
-                                "store: {}; db: {}",
-                                store.err().map_or("ok".to_string(), |e| e.to_string()),
-                                db.err().map_or("ok".to_string(), |e| e.to_string()),
-                            )}})),
-                        ),
-                    }
-                }
+                async move { readyz(store, db).await }
             }),
         )
-        .route(
-            "/metrics",
-            get(|| async { larder_server::metrics::handle().render() }),
-        )
+}
+
+/// Ready when both the store and the main DB answer within 2 s.
+async fn readyz(
+    store: Arc<dyn larder_store::Store>,
+    db: larder_db::Db,
+) -> Result<axum::Json<serde_json::Value>, larder_server::error::ApiError> {
+    use larder_server::error::ApiError;
+    let timeout = std::time::Duration::from_secs(2);
+    let checks = async { (store.ping().await, db.ping().await) };
+    match tokio::time::timeout(timeout, checks).await {
+        Ok((Ok(()), Ok(()))) => Ok(axum::Json(serde_json::json!({"status": "ready"}))),
+        Ok((Err(error), _)) => Err(ApiError::Unavailable(format!("store: {error}"))),
+        Ok((_, Err(error))) => Err(ApiError::Unavailable(format!("main DB: {error}"))),
+        Err(_) => Err(ApiError::Unavailable(format!(
+            "store and main DB did not answer within {timeout:?}"
+        ))),
+    }
 }

@@ -293,7 +293,7 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
                     .expect("provider")
                     .to_string(),
             );
-            assert_eq!(detail["status"], "active");
+            assert_eq!(detail["status"], "active", "{detail}");
             assert_eq!(
                 detail["evaluations"][0]["evaluator"], "clova-v3",
                 "{detail}"
@@ -659,8 +659,29 @@ async fn rebuild_restores_serving_views_from_the_main_db() {
             .send()
             .await
             .expect("register");
-        ready_items(&client, &server, "moving house", Duration::from_secs(30)).await
+        ready_items(&client, &server, "moving house", Duration::from_secs(30)).await;
+        // Let the pipeline finish (the second generator's answer, the refill), then take the
+        // view it left.
+        let mut quiet_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while quiet_since.elapsed() < Duration::from_secs(1) {
+            assert!(Instant::now() < deadline, "the pipeline never settled");
+            if metric(&client, &server.url, "larder_pipeline_in_flight", "").await > 0.0 {
+                quiet_since = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, body) = get(
+            &client,
+            format!(
+                "{}/v1/categories/moving%20house/items?limit=100&explore=false",
+                server.url
+            ),
+        )
+        .await;
+        body["items"].as_array().cloned().unwrap_or_default()
     };
+    assert!(!before.is_empty());
     // Redis loses everything.
     assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
     assert_eq!(redis_int(&redis, &["EXISTS", "larder:c:moving house"]), 0);

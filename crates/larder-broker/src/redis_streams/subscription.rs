@@ -278,6 +278,15 @@ impl Subscription for RedisSubscription {
         super::ack(&self.inner, &self.stage, &self.key, id).await
     }
 
+    /// Nothing to do: the message stays pending and is reclaimed after `claim_idle` (which is
+    /// also how its delivery count reaches the dead-letter limit).
+    async fn release(&self, id: &str, _after: Duration) -> Result<(), BrokerError> {
+        if !super::is_stream_id(id) {
+            return Err(BrokerError::InvalidId(id.to_owned()));
+        }
+        Ok(())
+    }
+
     /// `XCLAIM key larder me 0 id JUSTID`: claiming a message one already owns resets its idle
     /// time; JUSTID leaves its delivery count alone.
     async fn touch(&self, id: &str) -> Result<(), BrokerError> {

@@ -164,7 +164,8 @@ impl EvaluateStage {
         });
         let mut evaluations = Vec::new();
         let mut failures = Vec::new();
-        let mut answered = 0usize;
+        // Chunks at least one evaluator answered (by the chunk's first item id).
+        let mut answered = HashSet::new();
         for (evaluator, chunk, rubric, answer) in join_all(calls).await {
             let answer = match answer {
                 Ok(answer) => answer,
@@ -174,7 +175,7 @@ impl EvaluateStage {
                     continue;
                 }
             };
-            answered += 1;
+            answered.insert(chunk[0].0.as_str());
             let Some(scores) = parse_scores(&answer.content, &rubric, chunk) else {
                 metrics::counter!(names::EVALUATE_INVALID, "evaluator" => evaluator.name().to_string())
                     .increment(1);
@@ -197,10 +198,13 @@ impl EvaluateStage {
                     }),
             );
         }
-        if answered == 0 && !failures.is_empty() {
+        // A chunk no evaluator could answer (providers down, rate-limited past the retries)
+        // must not go live unevaluated: store what was answered, and fail the job so it is
+        // delivered again later; the retry evaluates what is still pending.
+        self.deps.db.put_evaluations(&evaluations).await?;
+        if answered.len() < items.chunks(self.config.chunk).len() {
             return Err(StageError::Providers(failures.join("; ")));
         }
-        self.deps.db.put_evaluations(&evaluations).await?;
         Ok(vec![Job::Rank(RankJob {
             category: category.name,
             activate: items.into_iter().map(|(id, _)| id).collect(),

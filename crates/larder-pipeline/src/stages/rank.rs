@@ -95,7 +95,13 @@ impl RankStage {
 
     /// Active items as view items, and the ids to retire with why: lost too often, or a near
     /// duplicate of a better item.
-    fn score(&self, inputs: Vec<RankInput>) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
+    /// `new` lists the items this job just activated: of two near duplicates, one that was
+    /// already served stays (served items do not churn), else the better one.
+    fn score(
+        &self,
+        inputs: Vec<RankInput>,
+        new: &[String],
+    ) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
         let mut candidates = Vec::new();
         let mut retire = Vec::new();
         for input in inputs
@@ -121,8 +127,12 @@ impl RankStage {
                 candidates.push(item);
             }
         }
-        // Best first, so of two near duplicates the better one stays.
-        candidates.sort_by(|a, b| b.mean().total_cmp(&a.mean()).then_with(|| a.id.cmp(&b.id)));
+        candidates.sort_by(|a, b| {
+            new.contains(&a.id)
+                .cmp(&new.contains(&b.id))
+                .then_with(|| b.mean().total_cmp(&a.mean()))
+                .then_with(|| a.id.cmp(&b.id))
+        });
         let mut seen = DedupIndex::new(self.near_duplicate);
         let mut items = Vec::with_capacity(candidates.len());
         for item in candidates {
@@ -159,7 +169,7 @@ impl RankStage {
         let mut retired = 0;
         let mut active = 0;
         for _ in 0..MAX_REWRITES {
-            let (items, retire) = self.score(inputs);
+            let (items, retire) = self.score(inputs, &activate);
             for reason in [LOST, DUPLICATE] {
                 let ids: Vec<String> = retire
                     .iter()
@@ -182,7 +192,7 @@ impl RankStage {
                 .await?;
             metrics::counter!(names::VIEWS_WRITTEN).increment(1);
             inputs = db.rank_inputs(&job.category).await?;
-            let (now_items, now_retire) = self.score(inputs.clone());
+            let (now_items, now_retire) = self.score(inputs.clone(), &activate);
             let current = View::new(
                 job.category.clone(),
                 view.built_at_ms,

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use larder_db::{FeedbackEvent, FeedbackKind, ItemStatus};
-use larder_pipeline::view::{position_weight, posterior, prior};
+use larder_pipeline::view::{position_weight, posterior, prior, served_score};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -24,16 +24,12 @@ const MAX_FEEDBACK_EVENTS: usize = 1000;
 /// Category names are any UTF-8 of 1..=100 characters.
 fn check_name(category: &str) -> ApiResult<()> {
     let chars = category.chars().count();
-    if chars == 0 || chars > 100 || category.chars().any(char::is_control) {
+    if chars == 0 || chars > 100 {
         return Err(ApiError::BadRequest(format!(
-            "category names are 1 to 100 characters without control characters; got {chars}"
+            "category names are 1 to 100 characters; got {chars}"
         )));
     }
     Ok(())
-}
-
-fn score(mean: f64) -> f64 {
-    (mean * 10_000.0).round() / 10_000.0
 }
 
 #[derive(Deserialize, Default)]
@@ -117,8 +113,8 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "categories": categories })))
 }
 
+/// Unknown query parameters (a client's cache-buster) are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ItemsQuery {
     limit: Option<usize>,
     explore: Option<bool>,
@@ -147,6 +143,7 @@ pub async fn items(
     let catalog = state.catalog()?;
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     loop {
+        let changes = catalog.announcements();
         let lookup = catalog.view(&category).await?;
         if let Some(served) = lookup.view.filter(|s| !s.view.items.is_empty()) {
             let body = if explore {
@@ -160,10 +157,11 @@ pub async fn items(
         if lookup.loaded {
             // Just found absent in the store: make sure the category exists and generation is
             // on its way (at most once per cooldown, so pending requests cannot storm it).
-            let created = catalog
-                .db
-                .register_category(&category, None, None, larder_pipeline::stage::now_ms())
-                .await?;
+            let created = catalog.db.category(&category).await?.is_none()
+                && catalog
+                    .db
+                    .register_category(&category, None, None, larder_pipeline::stage::now_ms())
+                    .await?;
             catalog
                 .queue
                 .generation(&category, "requested", created.then_some(0))
@@ -172,7 +170,7 @@ pub async fn items(
         if Instant::now() >= deadline {
             break;
         }
-        catalog.wait_for_announcement(deadline).await;
+        catalog.wait_for_announcement(changes, deadline).await;
     }
     Ok((
         StatusCode::ACCEPTED,
@@ -192,7 +190,14 @@ pub async fn item(
         catalog.db.item(&category, &id).await?.ok_or_else(|| {
             ApiError::NotFound(format!("no item {id:?} in category {category:?}"))
         })?;
-    let evaluations: Vec<&larder_db::Evaluation> = detail.evaluations.iter().collect();
+    // An item exists for clients once it is evaluated (active) or rejected; before that it is
+    // pipeline state, not a served item.
+    if detail.item.status == ItemStatus::Pending {
+        return Err(ApiError::NotFound(format!(
+            "item {id:?} of category {category:?} is still being evaluated"
+        )));
+    }
+    let evaluations = &detail.evaluations;
     let eval_mean = (!evaluations.is_empty())
         .then(|| evaluations.iter().map(|e| e.score).sum::<f64>() / evaluations.len() as f64);
     let item = &detail.item;
@@ -206,12 +211,11 @@ pub async fn item(
         "category": item.category,
         "text": item.text,
         "status": match item.status {
-            ItemStatus::Active => "active",
             ItemStatus::Rejected => "rejected",
-            ItemStatus::Pending => "pending",
+            ItemStatus::Active | ItemStatus::Pending => "active",
         },
         "reason": item.reason,
-        "score": score(alpha / (alpha + beta)),
+        "score": served_score(alpha / (alpha + beta)),
         "generator": {"provider": item.provider, "model": item.model},
         "created_at": rfc3339(item.created_at_ms),
         "evaluations": detail.evaluations.iter().map(|e| json!({
@@ -253,8 +257,10 @@ pub async fn feedback(
     }
     let catalog = state.catalog()?;
     if catalog.db.category(&category).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "category {category:?} does not exist"
+        // Every item id is unknown in a category that does not exist.
+        return Err(ApiError::BadRequest(format!(
+            "category {category:?} does not exist, so it has no item {:?}",
+            body.events[0].item_id
         )));
     }
     let at = larder_pipeline::stage::now_ms();
@@ -281,10 +287,12 @@ pub async fn refresh(
 ) -> ApiResult<Response> {
     check_name(&category)?;
     let catalog = state.catalog()?;
+    // Like a request for its items, a refresh of an unknown category registers it.
     if catalog.db.category(&category).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "category {category:?} does not exist"
-        )));
+        catalog
+            .db
+            .register_category(&category, None, None, larder_pipeline::stage::now_ms())
+            .await?;
     }
     // An explicit refresh may come sooner than the refill cooldown, but not more than once a
     // second, so a client loop cannot flood the providers.

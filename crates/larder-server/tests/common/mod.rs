@@ -21,7 +21,12 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> TestServer {
+    /// Serve `config`. Tests never write the main DB into the working directory: without an
+    /// explicit `db`, it lives in memory.
+    pub async fn start(mut config: Config) -> TestServer {
+        if config.db.is_empty() {
+            config.db = "sqlite::memory:".into();
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");
