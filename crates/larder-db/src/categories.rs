@@ -125,4 +125,21 @@ impl Db {
         debug!(category = name, claimed, "generation claim");
         Ok(claimed)
     }
+
+    /// Undo a claim made at `claimed_ms` whose generation could not be queued, so the next
+    /// request may claim again at once. A newer claim (another process) is left alone.
+    pub async fn release_generation(&self, name: &str, claimed_ms: i64) -> Result<bool> {
+        let released = sqlx::query(
+            "UPDATE categories SET last_generation_ms = NULL \
+             WHERE name = $1 AND last_generation_ms = $2",
+        )
+        .bind(name)
+        .bind(claimed_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        debug!(category = name, released, "generation claim released");
+        Ok(released)
+    }
 }

@@ -561,6 +561,21 @@ async fn claim_generation_has_one_winner(backend: Backend) {
         .claim_generation("unknown", now, 0)
         .await
         .expect("unknown"));
+
+    // A claim whose job could not be queued is given back: the next claim wins at once. An
+    // older claim's release leaves a newer claim alone.
+    assert!(!db
+        .release_generation(CAT, now)
+        .await
+        .expect("stale release"));
+    assert!(db
+        .release_generation(CAT, now + 60_000)
+        .await
+        .expect("release"));
+    assert!(db
+        .claim_generation(CAT, now + 60_001, 60_000)
+        .await
+        .expect("claim after release"));
 }
 
 /// Run only where a second connection sees the same data (not `:memory:`).

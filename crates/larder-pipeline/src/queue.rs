@@ -56,16 +56,26 @@ impl Queue {
         min_gap_ms: Option<i64>,
     ) -> Result<bool, QueueError> {
         let gap = min_gap_ms.unwrap_or(self.cooldown_ms);
-        if !self.db.claim_generation(category, now_ms(), gap).await? {
+        let now = now_ms();
+        if !self.db.claim_generation(category, now, gap).await? {
             return Ok(false);
         }
         let job = Job::Generate(GenerateJob {
             category: category.to_string(),
             reason: reason.to_string(),
         });
-        self.broker
+        if let Err(error) = self
+            .broker
             .publish(job.stage().as_str(), &job.encode())
-            .await?;
+            .await
+        {
+            // Nothing was queued: give the claim back, or the category would wait out the
+            // whole cooldown for a generation that never happens.
+            if let Err(release) = self.db.release_generation(category, now).await {
+                tracing::warn!(category, error = %release, "cannot release the generation claim");
+            }
+            return Err(error.into());
+        }
         Ok(true)
     }
 
@@ -79,5 +89,37 @@ impl Queue {
             .publish(job.stage().as_str(), &job.encode())
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_generation_that_cannot_be_queued_gives_its_claim_back() {
+        let mut redis = larder_testkit::RedisServer::start();
+        let broker = larder_broker::redis(&redis.url(), Default::default())
+            .await
+            .expect("broker");
+        let db = Db::connect("sqlite::memory:").await.expect("db");
+        db.register_category("c", None, None, 0)
+            .await
+            .expect("registers");
+        let queue = Queue::new(broker, db.clone(), 60_000);
+        assert!(queue.generation("c", "test", None).await.expect("queued"));
+        assert!(!queue
+            .generation("c", "test", None)
+            .await
+            .expect("cooling down"));
+
+        db.register_category("d", None, None, 0)
+            .await
+            .expect("registers");
+        redis.stop();
+        let result = queue.generation("d", "test", None).await;
+        assert!(result.is_err(), "{result:?}");
+        let d = db.category("d").await.expect("reads").expect("exists");
+        assert_eq!(d.last_generation_ms, None, "the claim was given back");
     }
 }

@@ -9,6 +9,7 @@ fn larder(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_larder"))
         .args(args)
         .env_remove("LARDER_STORE")
+        .env_remove("LARDER_DB")
         .output()
         .expect("run larder")
 }
@@ -38,6 +39,11 @@ fn bad_flags_and_values_exit_2_with_one_line() {
         "--config",
     );
     one_line_error(&["serve", "--listen", "0.0.0.0:0"], "--listen");
+    one_line_error(&["serve", "--db", "mysql://db"], "--db");
+    one_line_error(&["worker", "--stage", "nope"], "--stage");
+    // A worker must name the server's main DB rather than fall back to a local file.
+    one_line_error(&["worker", "--stage", "rank"], "--db");
+    one_line_error(&["mock-llm", "--rate-429", "2"], "--rate-429");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("larder.toml");
     std::fs::write(&config, "[limits]\nmax_lookup_keys = -3\n").expect("write");
