@@ -273,6 +273,63 @@ mod tests {
         assert!(parse_scores(too_many, &Rubric::PickBest { k: 1 }, &chunk()).is_none());
     }
 
+    /// An evaluator whose endpoint refuses every connection (real HTTP, nothing listening).
+    fn unreachable(deps: &mut Deps) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = larder_providers::ProviderConfig {
+            name: "down".into(),
+            kind: larder_providers::ProviderKind::Openai {
+                base_url: format!("http://127.0.0.1:{port}/v1"),
+                model: "m".into(),
+                api_key_env: None,
+                json_mode: Default::default(),
+            },
+            limits: larder_providers::Limits {
+                max_retries: 0,
+                timeout_ms: 1_000,
+                ..Default::default()
+            },
+        };
+        let provider = larder_providers::build(&config).expect("builds");
+        deps.providers.insert("down".into(), provider);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_no_evaluator_answers_fails_the_job_and_activates_nothing() {
+        let mut deps = deps().await;
+        unreachable(&mut deps);
+        let ids = insert_pending(&deps, "c", &["Book the movers", "Label every box"]).await;
+        let job = || {
+            Job::Evaluate(EvaluateJob {
+                category: "c".into(),
+                item_ids: ids.clone(),
+            })
+        };
+        // Only the unreachable evaluator: the job fails, to be delivered again later.
+        let down = EvaluateConfig {
+            evaluators: vec!["down".into()],
+            ..Default::default()
+        }
+        .build(&deps)
+        .expect("builds");
+        assert!(matches!(
+            down.process(job()).await,
+            Err(StageError::Providers(_))
+        ));
+        // One evaluator down, another up: the chunk is answered, so it goes to rank.
+        let mixed = EvaluateConfig {
+            evaluators: vec!["down".into(), "sim-judge".into()],
+            ..Default::default()
+        }
+        .build(&deps)
+        .expect("builds");
+        let out = mixed.process(job()).await.expect("evaluates");
+        assert!(matches!(out.as_slice(), [Job::Rank(r)] if r.activate.len() == 2));
+    }
+
     #[tokio::test]
     async fn pending_items_get_stored_evaluations_and_go_to_rank() {
         let deps = deps().await;
