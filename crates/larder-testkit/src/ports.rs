@@ -29,8 +29,9 @@ pub const BUS_OFFSET: u16 = 10_000;
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
-/// A fresh pseudo-random number: std's randomly keyed SipHash over pid, time and a call counter.
-fn random_u64() -> u64 {
+/// A fresh pseudo-random number: std's randomly keyed SipHash over pid, time and a call counter
+/// (unique across parallel test processes without a `rand` dependency).
+pub(crate) fn random_u64() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
     h.write_u32(std::process::id());

@@ -10,11 +10,8 @@
 //! Binaries come from `$LARDER_PG_BIN_DIR`, else the newest `/usr/lib/postgresql/*/bin`, else
 //! PATH. Everything is synchronous std code, like the rest of this crate.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tempfile::TempDir;
 
@@ -31,8 +28,6 @@ const PG_CTL_TIMEOUT: Duration = Duration::from_secs(90);
 const START_ATTEMPTS: usize = 10;
 const INSTALL_HINT: &str = "install PostgreSQL (Debian/Ubuntu: `apt-get install -y postgresql`) \
      or point LARDER_PG_BIN_DIR at its bin directory";
-
-static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh, empty database (UTF-8, `C` locale); dropped — or its private server stopped — on drop.
 pub struct PostgresDb {
@@ -57,7 +52,7 @@ impl PostgresDb {
     }
 
     fn start_on(private: bool) -> PostgresDb {
-        let name = format!("larder_test_{:016x}", random_u64());
+        let name = format!("larder_test_{:016x}", crate::ports::random_u64());
         let (port, server) = if private {
             let server = PrivateServer::start();
             (server.port, Some(server))
@@ -332,18 +327,4 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
-}
-
-/// A fresh pseudo-random number for database names: std's randomly keyed SipHash over pid, time
-/// and a call counter (unique across parallel test processes without a `rand` dependency).
-fn random_u64() -> u64 {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    h.write_u128(nanos);
-    h.finish()
 }
