@@ -39,69 +39,118 @@ impl AppState {
     /// The namespace's schema, or `404 not_found`.
     pub async fn schema(&self, ns: &str) -> ApiResult<Arc<NamespaceSchema>> {
         self.schemas
-            .get(self.store.as_ref(), ns)
+            .get(&self.store, ns)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))
     }
 }
 
 /// Every request needs its namespace's schema; reading it from the store each time would add
-/// a round trip to every lookup. Entries are re-read after `FRESH`, so a schema changed by
-/// another server instance is seen within that time. When the store is down, the last known
-/// schema keeps serving (degraded lookups need it).
+/// a round trip to every lookup. An entry older than `FRESH` is still answered at once, and
+/// re-read in the background (one re-read per namespace at a time), so a schema changed by
+/// another server instance is seen within about that time, and a request never waits on the
+/// store for a schema it has seen before. When the store is down, the last known schema keeps
+/// serving (degraded lookups need it).
 #[derive(Default)]
 pub struct SchemaCache {
-    entries: RwLock<HashMap<String, (Arc<NamespaceSchema>, Instant)>>,
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    schema: Arc<NamespaceSchema>,
+    at: Instant,
+    refreshing: bool,
 }
 
 const FRESH: Duration = Duration::from_secs(2);
 
 impl SchemaCache {
     pub async fn get(
+        self: &Arc<Self>,
+        store: &Arc<dyn Store>,
+        ns: &str,
+    ) -> Result<Option<Arc<NamespaceSchema>>, ApiError> {
+        if let Some(entry) = self.read().get(ns) {
+            if entry.at.elapsed() < FRESH {
+                metrics::counter!(names::SCHEMA_CACHE, "result" => "hit").increment(1);
+                return Ok(Some(entry.schema.clone()));
+            }
+        }
+        let stale = {
+            let mut entries = self.write();
+            match entries.get_mut(ns) {
+                Some(entry) if entry.at.elapsed() < FRESH => {
+                    metrics::counter!(names::SCHEMA_CACHE, "result" => "hit").increment(1);
+                    return Ok(Some(entry.schema.clone()));
+                }
+                Some(entry) => {
+                    let start = !entry.refreshing;
+                    entry.refreshing = true;
+                    Some((entry.schema.clone(), start))
+                }
+                None => None,
+            }
+        };
+        metrics::counter!(names::SCHEMA_CACHE, "result" => "miss").increment(1);
+        match stale {
+            Some((schema, start)) => {
+                if start {
+                    let (cache, store, ns) = (self.clone(), store.clone(), ns.to_owned());
+                    tokio::spawn(async move {
+                        let _ = cache.reload(store.as_ref(), &ns).await;
+                    });
+                }
+                Ok(Some(schema))
+            }
+            None => self.reload(store.as_ref(), ns).await,
+        }
+    }
+
+    /// Read the schema from the store and cache what it says.
+    async fn reload(
         &self,
         store: &dyn Store,
         ns: &str,
     ) -> Result<Option<Arc<NamespaceSchema>>, ApiError> {
-        let cached = self.read().get(ns).cloned();
-        if let Some((schema, at)) = &cached {
-            if at.elapsed() < FRESH {
-                metrics::counter!(names::SCHEMA_CACHE, "result" => "hit").increment(1);
-                return Ok(Some(schema.clone()));
-            }
-        }
-        metrics::counter!(names::SCHEMA_CACHE, "result" => "miss").increment(1);
         match store.get_schema(ns).await {
             Ok(Some(schema)) => Ok(Some(self.put(ns, schema))),
             Ok(None) => {
                 self.write().remove(ns);
                 Ok(None)
             }
-            Err(error) => match cached {
-                Some((schema, _)) => {
-                    tracing::debug!(%error, ns, "store down; serving the last known schema");
-                    Ok(Some(schema))
+            Err(error) => {
+                let mut entries = self.write();
+                match entries.get_mut(ns) {
+                    Some(entry) => {
+                        tracing::debug!(%error, ns, "store down; serving the last known schema");
+                        entry.refreshing = false;
+                        Ok(Some(entry.schema.clone()))
+                    }
+                    None => Err(error.into()),
                 }
-                None => Err(error.into()),
-            },
+            }
         }
     }
 
     pub fn put(&self, ns: &str, schema: NamespaceSchema) -> Arc<NamespaceSchema> {
         let schema = Arc::new(schema);
-        self.write()
-            .insert(ns.to_owned(), (schema.clone(), Instant::now()));
+        self.write().insert(
+            ns.to_owned(),
+            Entry {
+                schema: schema.clone(),
+                at: Instant::now(),
+                refreshing: false,
+            },
+        );
         schema
     }
 
-    fn read(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, (Arc<NamespaceSchema>, Instant)>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
         self.entries.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, (Arc<NamespaceSchema>, Instant)>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 }

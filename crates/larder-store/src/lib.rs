@@ -90,6 +90,14 @@ pub trait Store: Send + Sync + 'static {
     async fn invalidations(&self) -> Result<BoxStream<'static, Invalidation>>;
 }
 
+/// Now as unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Options that come from configuration rather than the store URL.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {

@@ -129,7 +129,7 @@ pub struct NamespaceList {
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<NamespaceList>> {
     let mut namespaces = Vec::new();
     for name in state.store.list_namespaces().await? {
-        if let Some(schema) = state.schemas.get(state.store.as_ref(), &name).await? {
+        if let Some(schema) = state.schemas.get(&state.store, &name).await? {
             namespaces.push(NamespaceView {
                 name,
                 schema: (*schema).clone(),

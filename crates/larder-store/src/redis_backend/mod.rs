@@ -1,8 +1,9 @@
 //! Standalone Redis and Redis Cluster. Both speak the layout in [`crate::keys`] and send every
-//! multi-key operation through one [`Batcher`]. View invalidations arrive over pub/sub through
-//! a per-store [`subscriber`], started by the first `invalidations()` call.
+//! operation through one [`Batcher`]. View invalidations arrive over pub/sub through a
+//! per-store [`subscriber`], started by the first `invalidations()` call.
 
 mod batcher;
+pub mod cluster;
 pub mod slots;
 mod subscriber;
 
@@ -11,10 +12,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
 use redis::{Cmd, Value};
 
-pub use batcher::{Batcher, ClusterBatch, ClusterBatcher, Keyed, NodeConnector, Pool, Topology};
+pub use batcher::{Batcher, ClusterBatch, Keyed, Pool, Topology, Trips};
+pub use cluster::{Cluster, Failover, NodeConnector};
 
 use subscriber::Subscriber;
 
@@ -50,7 +51,11 @@ impl RedisStore {
             conns.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
         }
         Ok(RedisStore {
-            batcher: Batcher::new(Topology::Single(Pool::new(conns))),
+            batcher: Batcher::new(
+                Topology::Single(Pool::new(conns)),
+                Trips::default(),
+                options.response_timeout,
+            ),
             pubsub_nodes: vec![client],
             connect_timeout: options.connect_timeout,
             subscriber: tokio::sync::OnceCell::new(),
@@ -64,19 +69,38 @@ impl RedisStore {
         nodes.config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
             .set_response_timeout(Some(options.response_timeout));
-        let client = ClusterClientBuilder::new(seeds.clone())
-            .connection_timeout(options.connect_timeout)
-            .response_timeout(options.response_timeout)
-            .build()
-            .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
-        let conn = client.get_async_connection().await?;
         let pubsub_nodes = seeds
             .iter()
             .map(|seed| redis::Client::open(seed.as_str()))
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
+        let seed_addrs = pubsub_nodes
+            .iter()
+            .filter_map(|client| match client.get_connection_info().addr() {
+                redis::ConnectionAddr::Tcp(host, port)
+                | redis::ConnectionAddr::TcpTls { host, port, .. } => Some(slots::NodeAddr {
+                    host: host.clone(),
+                    port: *port,
+                }),
+                _ => None,
+            })
+            .collect();
+        let trips = Trips::default();
+        let cluster = Cluster::connect(
+            seed_addrs,
+            nodes,
+            options.connections,
+            options.cluster_batch,
+            options.response_timeout,
+            trips.clone(),
+        )
+        .await?;
         Ok(RedisStore {
-            batcher: ClusterBatcher::connect(conn, options.cluster_batch, nodes).await?,
+            batcher: Batcher::new(
+                Topology::Cluster(Box::new(cluster)),
+                trips,
+                options.response_timeout,
+            ),
             pubsub_nodes,
             connect_timeout: options.connect_timeout,
             subscriber: tokio::sync::OnceCell::new(),
@@ -88,6 +112,14 @@ impl RedisStore {
     /// Round trips this store has sent to Redis.
     pub fn round_trips(&self) -> u64 {
         self.batcher.round_trips()
+    }
+
+    /// The cluster client, on a cluster store.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.batcher.topology {
+            Topology::Cluster(cluster) => Some(cluster),
+            Topology::Single(_) => None,
+        }
     }
 }
 
@@ -161,7 +193,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.batcher.one(redis::cmd("PING")).await.map(drop)
+        self.batcher.ping().await
     }
 
     async fn put_schema(&self, ns: &str, schema: &NamespaceSchema) -> Result<()> {
@@ -185,7 +217,7 @@ impl Store for RedisStore {
         let key = keys::schema(ns);
         let mut get = redis::cmd("GET");
         get.arg(&key);
-        match into_bytes(self.batcher.one(get).await?) {
+        match into_bytes(self.batcher.one(key.as_bytes(), get).await?) {
             Some(json) => serde_json::from_slice(&json)
                 .map(Some)
                 .map_err(|e| corrupt(&key, e.to_string())),
@@ -196,7 +228,11 @@ impl Store for RedisStore {
     async fn list_namespaces(&self) -> Result<Vec<String>> {
         let mut smembers = redis::cmd("SMEMBERS");
         smembers.arg(keys::NAMESPACE_INDEX);
-        let mut names: Vec<String> = redis::from_redis_value(self.batcher.one(smembers).await?)?;
+        let mut names: Vec<String> = redis::from_redis_value(
+            self.batcher
+                .one(keys::NAMESPACE_INDEX.as_bytes(), smembers)
+                .await?,
+        )?;
         names.sort();
         Ok(names)
     }
@@ -234,9 +270,10 @@ impl Store for RedisStore {
     }
 
     async fn get_entity(&self, ns: &str, key: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
+        let redis_key = keys::entity(ns, key);
         let mut hgetall = redis::cmd("HGETALL");
-        hgetall.arg(keys::entity(ns, key));
-        let pairs: Vec<(String, Vec<u8>)> = match self.batcher.one(hgetall).await? {
+        hgetall.arg(redis_key.as_slice());
+        let pairs: Vec<(String, Vec<u8>)> = match self.batcher.one(&redis_key, hgetall).await? {
             Value::Map(pairs) => pairs
                 .into_iter()
                 .map(|(k, v)| Ok((redis::from_redis_value(k)?, redis::from_redis_value(v)?)))
@@ -255,9 +292,10 @@ impl Store for RedisStore {
     }
 
     async fn delete_entity(&self, ns: &str, key: &str) -> Result<()> {
+        let redis_key = keys::entity(ns, key);
         let mut del = redis::cmd("DEL");
-        del.arg(keys::entity(ns, key));
-        self.batcher.one(del).await.map(drop)
+        del.arg(redis_key.as_slice());
+        self.batcher.one(&redis_key, del).await.map(drop)
     }
 
     async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>> {
@@ -349,8 +387,11 @@ impl Store for RedisStore {
             // The key's owner and the node that takes the PUBLISH (any node: the cluster bus
             // relays it everywhere) may differ, so the SET must be acknowledged first.
             Topology::Cluster(_) => {
-                self.batcher.one(set).await?;
-                self.batcher.one(publish).await.map(drop)
+                self.batcher.one(&key, set).await?;
+                self.batcher
+                    .one(keys::INVALIDATE_CHANNEL.as_bytes(), publish)
+                    .await
+                    .map(drop)
             }
         }
     }
@@ -359,7 +400,7 @@ impl Store for RedisStore {
         let key = keys::view(category);
         let mut get = redis::cmd("GET");
         get.arg(key.as_slice());
-        match self.batcher.one(get).await? {
+        match self.batcher.one(&key, get).await? {
             Value::Nil => Ok(None),
             Value::BulkString(bytes) => Ok(Some(bytes)),
             other => Err(corrupt(

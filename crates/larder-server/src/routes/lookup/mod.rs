@@ -4,7 +4,7 @@
 //! 200 with the namespace's fallback vectors (else zeros), `degraded: true`, the
 //! `X-Larder-Degraded: 1` header and every row marked not present.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -81,7 +81,17 @@ pub async fn lookup(
     for key in &req.keys {
         check_key(key)?;
     }
-    let schema = state.schema(&ns).await?;
+    // One deadline for the whole request: the schema (when it is not cached) and the lookup.
+    let deadline = Instant::now() + Duration::from_millis(state.config.timeouts.lookup_ms);
+    let schema = match tokio::time::timeout_at(deadline.into(), state.schema(&ns)).await {
+        Ok(schema) => schema?,
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "the store did not answer for namespace {ns:?} within {} ms",
+                state.config.timeouts.lookup_ms
+            )))
+        }
+    };
     let names: Vec<String> = match req.fields {
         Some(fields) => fields,
         None => schema.fields.keys().cloned().collect(),
@@ -108,7 +118,7 @@ pub async fn lookup(
         .collect::<ApiResult<Vec<_>>>()?;
     metrics::counter!(names::LOOKUP_KEYS).increment(req.keys.len() as u64);
 
-    let rows = fetch(&state, &ns, &req.keys, &names).await;
+    let rows = fetch(&state, &ns, &req.keys, &names, deadline).await;
     let answer = Answer {
         keys: &req.keys,
         fallback: match rows {
@@ -143,27 +153,33 @@ pub async fn lookup(
 }
 
 /// Ask the store unless the breaker is open; `None` means "answer degraded".
-async fn fetch(state: &AppState, ns: &str, keys: &[String], fields: &[String]) -> Option<Vec<Row>> {
-    if !state.breaker.allow() {
+async fn fetch(
+    state: &AppState,
+    ns: &str,
+    keys: &[String],
+    fields: &[String],
+    deadline: Instant,
+) -> Option<Vec<Row>> {
+    let Some(permit) = state.breaker.allow() else {
         metrics::counter!(names::DEGRADED, "reason" => "breaker_open").increment(1);
         return None;
-    }
-    let timeout = Duration::from_millis(state.config.timeouts.lookup_ms);
-    match tokio::time::timeout(timeout, state.store.lookup(ns, keys, fields)).await {
+    };
+    let lookup = state.store.lookup(ns, keys, fields);
+    match tokio::time::timeout_at(deadline.into(), lookup).await {
         Ok(Ok(rows)) => {
-            state.breaker.record(true);
+            permit.record(true);
             Some(rows)
         }
         Ok(Err(error)) => {
-            tracing::warn!(%error, ns, "lookup failed; answering degraded");
+            tracing::debug!(%error, ns, "lookup failed; answering degraded");
             metrics::counter!(names::DEGRADED, "reason" => "store_error").increment(1);
-            state.breaker.record(false);
+            permit.record(false);
             None
         }
         Err(_) => {
-            tracing::warn!(ns, ?timeout, "lookup timed out; answering degraded");
+            tracing::debug!(ns, "lookup timed out; answering degraded");
             metrics::counter!(names::DEGRADED, "reason" => "timeout").increment(1);
-            state.breaker.record(false);
+            permit.record(false);
             None
         }
     }

@@ -1,0 +1,255 @@
+//! Failover under load, on a real 3-primary/3-replica cluster: 4 writers upserting single
+//! entities and 4 readers looking up 50 keys each, while a primary is SIGKILLed (and later
+//! comes back), or a replica is.
+//!
+//! Every round asserts that lookups answer again within [`RECOVERY`] of every node reporting a
+//! healthy cluster, that they keep answering afterwards, and that no store call took longer
+//! than the store's own deadline plus [`MARGIN`]. The primary test repeats
+//! `LARDER_FAILOVER_RUNS` times (default 2); run it 20 times by hand with
+//! `LARDER_FAILOVER_RUNS=20 cargo test -p larder-store --test failover -- --nocapture`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use larder_store::codec::{self, Dtype};
+use larder_store::redis_backend::RedisStore;
+use larder_store::{EntityWrite, FieldSpec, NamespaceSchema, Store, StoreOptions};
+use larder_testkit::RedisCluster;
+
+/// The store's deadline for one call.
+const DEADLINE: Duration = Duration::from_millis(500);
+/// How much longer than its deadline any call may take.
+const MARGIN: Duration = Duration::from_millis(100);
+/// Lookups must answer within this long after the cluster reports ok.
+const RECOVERY: Duration = Duration::from_secs(5);
+const KEYS: usize = 1000;
+
+/// One store call's outcome.
+#[derive(Clone, Copy)]
+struct Call {
+    at: Instant,
+    took: Duration,
+    ok: bool,
+    read: bool,
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    calls: Arc<Mutex<Vec<Call>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(store: Arc<RedisStore>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let (store, stop, calls) = (store.clone(), stop.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let write = EntityWrite {
+                        key: format!("w{w}:{}", n % 200),
+                        fields: vec![("v".into(), vector(n as f32))],
+                    };
+                    let at = Instant::now();
+                    let ok = store.upsert("items", None, vec![write]).await.is_ok();
+                    record(&calls, at, ok, false);
+                    if !ok {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+        for r in 0..4 {
+            let (store, stop, calls) = (store.clone(), stop.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = r * 50;
+                while !stop.load(Ordering::Relaxed) {
+                    i = (i + 50) % (KEYS - 50);
+                    let keys: Vec<String> = (i..i + 50).map(|k| format!("item:{k}")).collect();
+                    let at = Instant::now();
+                    let ok = match store.lookup("items", &keys, &["v".to_owned()]).await {
+                        Ok(rows) => rows.iter().all(Option::is_some),
+                        Err(_) => false,
+                    };
+                    record(&calls, at, ok, true);
+                    if !ok {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }));
+        }
+        Load { stop, calls, tasks }
+    }
+
+    fn since(&self, from: Instant) -> Vec<Call> {
+        let calls = self.calls.lock().expect("calls");
+        calls.iter().filter(|c| c.at >= from).copied().collect()
+    }
+
+    async fn stop(self) -> Vec<Call> {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("load task");
+        }
+        Arc::try_unwrap(self.calls)
+            .map(|m| m.into_inner().expect("calls"))
+            .unwrap_or_default()
+    }
+}
+
+fn record(calls: &Mutex<Vec<Call>>, at: Instant, ok: bool, read: bool) {
+    let took = at.elapsed();
+    calls
+        .lock()
+        .expect("calls")
+        .push(Call { at, took, ok, read });
+}
+
+fn vector(x: f32) -> Vec<u8> {
+    codec::encode(Dtype::F32, 8, &[x; 8]).expect("encode")
+}
+
+async fn loaded(cluster: &RedisCluster) -> Arc<RedisStore> {
+    let options = StoreOptions {
+        connect_timeout: DEADLINE,
+        response_timeout: DEADLINE,
+        ..StoreOptions::default()
+    };
+    let store = RedisStore::connect_cluster(&cluster.url(), &options)
+        .await
+        .expect("open cluster store");
+    let schema = NamespaceSchema {
+        fields: BTreeMap::from([(
+            "v".to_owned(),
+            FieldSpec {
+                dim: 8,
+                dtype: Dtype::F32,
+            },
+        )]),
+        ttl_seconds: None,
+        fallback: BTreeMap::new(),
+    };
+    store.put_schema("items", &schema).await.expect("schema");
+    let writes = (0..KEYS)
+        .map(|i| EntityWrite {
+            key: format!("item:{i}"),
+            fields: vec![("v".into(), vector(1.0))],
+        })
+        .collect();
+    store.upsert("items", None, writes).await.expect("upsert");
+    // Give the replicas the data before anything is killed.
+    for port in cluster.primaries() {
+        cluster.cli(port, &["WAIT", "1", "2000"]);
+    }
+    Arc::new(store)
+}
+
+/// Wait (off the async workers) until every running node reports a healthy cluster.
+async fn healthy(cluster: &RedisCluster) -> Instant {
+    let ok = tokio::task::block_in_place(|| cluster.wait_healthy(Duration::from_secs(30)));
+    assert!(ok, "cluster healthy again");
+    Instant::now()
+}
+
+/// No call took longer than the deadline plus the margin.
+fn assert_bounded(calls: &[Call], what: &str) {
+    let slowest = calls.iter().map(|c| c.took).max().unwrap_or_default();
+    assert!(
+        slowest <= DEADLINE + MARGIN,
+        "{what}: slowest store call took {slowest:?}, deadline {DEADLINE:?}"
+    );
+}
+
+/// Lookups answered within RECOVERY of `ok_at`, and every lookup that started RECOVERY after
+/// `ok_at` answered. Returns how long after `ok_at` the first good lookup started.
+fn assert_recovered(load: &Load, ok_at: Instant, what: &str) -> Duration {
+    let calls = load.since(ok_at);
+    let first_ok = calls
+        .iter()
+        .filter(|c| c.read && c.ok)
+        .map(|c| c.at.duration_since(ok_at))
+        .min();
+    let first_ok = first_ok
+        .unwrap_or_else(|| panic!("{what}: no lookup answered after the cluster reported ok"));
+    assert!(
+        first_ok <= RECOVERY,
+        "{what}: first good lookup {first_ok:?} after the cluster reported ok"
+    );
+    let late_failures = calls
+        .iter()
+        .filter(|c| !c.ok && c.at >= ok_at + RECOVERY)
+        .count();
+    assert_eq!(
+        late_failures, 0,
+        "{what}: calls failed more than {RECOVERY:?} after the cluster reported ok"
+    );
+    first_ok
+}
+
+fn runs() -> usize {
+    std::env::var("LARDER_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_killed_under_load_and_brought_back() {
+    let mut cluster = RedisCluster::start();
+    let store = loaded(&cluster).await;
+    for run in 0..runs() {
+        let load = Load::start(store.clone());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let victim = cluster.primaries()[run % 3];
+        let killed_at = Instant::now();
+        cluster.kill_node(victim);
+        let ok_at = healthy(&cluster).await;
+        tokio::time::sleep(RECOVERY + Duration::from_secs(2)).await;
+        let first_ok = assert_recovered(&load, ok_at, "after the kill");
+
+        // The old primary comes back as a replica of the promoted one: nothing moves, and the
+        // load must not notice.
+        tokio::task::block_in_place(|| cluster.restart_node(victim));
+        let back_at = healthy(&cluster).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_recovered(&load, back_at, "after the old primary came back");
+        let calls = load.stop().await;
+        assert_bounded(&calls, "kill and return");
+        let failed = calls.iter().filter(|c| !c.ok).count();
+        eprintln!(
+            "run {run}: killed {victim}; cluster ok {:.2}s after the kill; lookups answered {:.2}s after that; {failed} of {} calls failed",
+            ok_at.duration_since(killed_at).as_secs_f64(),
+            first_ok.as_secs_f64(),
+            calls.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_under_load_goes_unnoticed() {
+    let mut cluster = RedisCluster::start();
+    let store = loaded(&cluster).await;
+    let load = Load::start(store.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let victim = cluster.replicas()[0];
+    cluster.kill_node(victim);
+    // The primaries keep every slot: reads and writes go on as if nothing happened.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::task::block_in_place(|| cluster.restart_node(victim));
+    healthy(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = load.stop().await;
+    assert!(calls.len() > 100, "the load ran: {} calls", calls.len());
+    assert_eq!(
+        calls.iter().filter(|c| !c.ok).count(),
+        0,
+        "no call failed while a replica was down"
+    );
+    assert_bounded(&calls, "replica kill");
+}
