@@ -30,6 +30,12 @@ pub struct Config {
     pub auth: Auth,
     pub timeouts: Timeouts,
     pub breaker: BreakerConfig,
+    /// The durable backup of every entity write: `postgres://…` or `sqlite://FILE`. Empty:
+    /// off. With one, a write is acknowledged once it is in the backup and either in the store
+    /// or queued for replay, and `larder restore` can rebuild the store from it.
+    pub backup: String,
+    /// How writes Redis did not take are replayed from the backup.
+    pub replay: Replay,
     /// The main DB of categories, items, evaluations and feedback: `sqlite://FILE`,
     /// `sqlite::memory:` or `postgres://…`. Empty: `sqlite://{data_dir}/larder.db`, or memory
     /// with `ephemeral`.
@@ -70,6 +76,30 @@ pub struct Timeouts {
     pub shutdown_ms: u64,
 }
 
+/// The dual write to the backup and its replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replay {
+    /// How long a write waits for Redis before it is queued for replay instead.
+    pub write_timeout_ms: u64,
+    /// After a primary failed over, its slots' writes from this long before the failure are
+    /// written again (Redis replicates asynchronously).
+    pub failover_window_ms: u64,
+    /// Keys replayed per round.
+    pub batch: usize,
+}
+
+impl Default for Replay {
+    fn default() -> Self {
+        let d = larder_store::BackedOptions::default();
+        Replay {
+            write_timeout_ms: d.write_timeout.as_millis() as u64,
+            failover_window_ms: d.failover_window.as_millis() as u64,
+            batch: d.replay_batch,
+        }
+    }
+}
+
 /// Circuit breaker in front of the store's lookup path.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -94,6 +124,8 @@ impl Default for Config {
             auth: Auth::default(),
             timeouts: Timeouts::default(),
             breaker: BreakerConfig::default(),
+            backup: String::new(),
+            replay: Replay::default(),
             db: String::new(),
             pipeline: Default::default(),
         }
@@ -143,6 +175,8 @@ pub struct Overrides {
     pub ephemeral: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
 }
 
 /// A config error, already phrased for a one-line message on stderr.
@@ -198,6 +232,21 @@ impl Config {
                 "--db: expected sqlite://FILE, sqlite::memory: or postgres://user@host:port/db, got {db:?}"
             )));
         }
+        let backup = &self.backup;
+        if !(backup.is_empty()
+            || backup.starts_with("sqlite://")
+            || backup.starts_with("postgres://")
+            || backup.starts_with("postgresql://"))
+        {
+            return Err(ConfigError(format!(
+                "--backup: expected postgres://user@host:port/db or sqlite://FILE, got {backup:?}"
+            )));
+        }
+        if self.replay.write_timeout_ms == 0 || self.replay.batch == 0 {
+            return Err(ConfigError(
+                "replay: write_timeout_ms and batch must be at least 1".into(),
+            ));
+        }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_lookup_keys == 0 || l.max_upsert_entities == 0 {
             return Err(ConfigError("limits: every limit must be at least 1".into()));
@@ -231,6 +280,12 @@ impl Config {
             response_timeout: Duration::from_millis(self.timeouts.response_ms),
             connections: self.redis_connections.max(1),
             cluster_batch: self.cluster_batch,
+            backup: (!self.backup.is_empty()).then(|| self.backup.clone()),
+            backed: larder_store::BackedOptions {
+                write_timeout: Duration::from_millis(self.replay.write_timeout_ms),
+                failover_window: Duration::from_millis(self.replay.failover_window_ms),
+                replay_batch: self.replay.batch,
+            },
         }
     }
 }
@@ -243,6 +298,7 @@ fn describe(error: figment::Error) -> String {
         "store" => "--store".to_owned(),
         "data_dir" => "--data-dir".to_owned(),
         "db" => "--db".to_owned(),
+        "backup" => "--backup".to_owned(),
         "" => "config".to_owned(),
         other => other.to_owned(),
     };

@@ -80,7 +80,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => ApiError::Unavailable(error.to_string()),
+            StoreError::Unavailable(_) | StoreError::BackupUnavailable(_) => {
+                ApiError::Unavailable(error.to_string())
+            }
             StoreError::Codec(e) => ApiError::codec("stored value", e),
             StoreError::Corrupt { .. } | StoreError::Config(_) => {
                 ApiError::Internal(error.to_string())

@@ -16,7 +16,9 @@ use futures::stream::BoxStream;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::invalidation::Announcer;
-use crate::{EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError};
+use crate::{
+    EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError,
+};
 
 const SCHEMAS: TableDefinition<&str, &[u8]> = TableDefinition::new("schemas");
 /// Key: `ns \0 key`; namespace names never contain NUL, so `ns \0` is a unique prefix.
@@ -329,6 +331,33 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(count)
+    }
+
+    async fn put_states(&self, ns: &str, states: Vec<EntityState>) -> Result<()> {
+        let ns = ns.to_owned();
+        self.write(move |tx| {
+            let mut table = tx.open_table(ENTITIES)?;
+            let now = now_ms();
+            for state in states {
+                let key = entity_key(&ns, &state.key);
+                let expired = state.expires_at_ms.is_some_and(|at| at <= now);
+                if state.deleted || state.fields.is_empty() || expired {
+                    table.remove(key.as_slice())?;
+                    continue;
+                }
+                let mut record = read_live(&table, &key, now)?.unwrap_or_default();
+                for (name, value) in state.fields {
+                    match record.fields.iter_mut().find(|(n, _)| *n == name) {
+                        Some(slot) => slot.1 = value,
+                        None => record.fields.push((name, value)),
+                    }
+                }
+                record.expires_at_ms = state.expires_at_ms.unwrap_or(0);
+                table.insert(key.as_slice(), record.encode().as_slice())?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {

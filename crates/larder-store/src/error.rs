@@ -7,6 +7,9 @@ pub enum StoreError {
     /// The backend could not be reached or answered with an error.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backup DB could not take a write, so the write was refused (reads carry on).
+    #[error("backup DB unavailable, so writes are refused until it answers (reads carry on): {0}")]
+    BackupUnavailable(String),
     /// A value read back from the store does not have the shape the schema promises.
     #[error("corrupt value for {key}: {reason}")]
     Corrupt { key: String, reason: String },

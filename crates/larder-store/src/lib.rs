@@ -16,6 +16,7 @@
 //!   announcements ([`Invalidation`]) that every backend feeds.
 //! - [`open`]: builds a store from a `--store` URL.
 
+pub mod backup;
 pub mod codec;
 pub mod embedded;
 mod error;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+pub use backup::{Backed, BackedOptions, Backup};
 pub use codec::Dtype;
 pub use error::{Result, StoreError};
 pub use invalidation::Invalidation;
@@ -42,6 +44,18 @@ pub use schema::{FieldSpec, NamespaceSchema};
 pub struct EntityWrite {
     pub key: String,
     pub fields: Vec<(String, Vec<u8>)>,
+}
+
+/// The whole stored state of one entity, as the backup keeps it: what a replay or a restore
+/// writes back. Applying it sets these fields (others are left alone, as with an upsert) and
+/// the expiry; a deleted entity is removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityState {
+    pub key: String,
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// Unix ms; `None` means no expiry.
+    pub expires_at_ms: Option<u64>,
+    pub deleted: bool,
 }
 
 /// One lookup answer row: `None` when the entity does not exist at all, otherwise one slot per
@@ -78,6 +92,18 @@ pub trait Store: Send + Sync + 'static {
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64>;
     /// Number of entities in the namespace (may be approximate on very large namespaces).
     async fn count_entities(&self, ns: &str) -> Result<u64>;
+    /// Write entities' whole states (replay and restore): HSET of the fields and an absolute
+    /// expiry (PEXPIREAT, or PERSIST), or DEL for deleted ones.
+    async fn put_states(&self, ns: &str, states: Vec<EntityState>) -> Result<()>;
+
+    /// Primary failovers this store noticed (Redis Cluster only).
+    fn failovers(&self) -> Option<tokio::sync::broadcast::Receiver<redis_backend::Failover>> {
+        None
+    }
+    /// The backup's state, when one is configured.
+    async fn backup_status(&self) -> Option<BackupStatus> {
+        None
+    }
 
     /// Write category `category`'s serving view (SET larder:c:{category}) and then announce it
     /// (PUBLISH larder:invalidate category). Views have no TTL.
@@ -98,6 +124,17 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What `/readyz` says about the backup.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BackupStatus {
+    /// `postgres` | `sqlite`.
+    pub kind: &'static str,
+    /// Whether the backup answers (writes are refused while it does not).
+    pub up: bool,
+    /// Keys and schemas waiting to be replayed into the store, as last counted.
+    pub replay_backlog: u64,
+}
+
 /// Options that come from configuration rather than the store URL.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -112,6 +149,10 @@ pub struct StoreOptions {
     pub connections: usize,
     /// How a cluster batch is sent (see [`redis_backend::ClusterBatch`]).
     pub cluster_batch: redis_backend::ClusterBatch,
+    /// The backup DB every write goes to as well (`postgres://…`, `sqlite://FILE`), if any.
+    pub backup: Option<String>,
+    /// How the dual write and its replay behave.
+    pub backed: backup::BackedOptions,
 }
 
 impl Default for StoreOptions {
@@ -123,28 +164,37 @@ impl Default for StoreOptions {
             response_timeout: Duration::from_secs(2),
             connections: 8,
             cluster_batch: redis_backend::ClusterBatch::Grouped,
+            backup: None,
+            backed: backup::BackedOptions::default(),
         }
     }
 }
 
 /// Open the store named by a `--store` value: `embedded`, `redis://…`, `rediss://…`,
-/// `redis-cluster://h:p,h:p` or `rediss-cluster://…`. Every store comes wrapped in
-/// [`metered::Metered`].
+/// `redis-cluster://h:p,h:p` or `rediss-cluster://…`, dual-writing to `options.backup` when
+/// one is given. Every store comes wrapped in [`metered::Metered`].
 pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    let raw = open_raw(url, options).await?;
+    Ok(match &options.backup {
+        Some(backup) => Arc::new(metered::Metered::new(Arc::new(
+            backup::Backed::connect(raw, backup, options.backed.clone()).await?,
+        ))),
+        None => Arc::new(metered::Metered::new(raw)),
+    })
+}
+
+/// The store alone, without the backup and unmetered (`larder restore` writes through this).
+pub async fn open_raw(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = if url == "embedded" {
-        Arc::new(metered::Metered::new(if options.ephemeral {
+        Arc::new(if options.ephemeral {
             embedded::EmbeddedStore::in_memory()?
         } else {
             embedded::EmbeddedStore::open(&options.data_dir)?
-        }))
+        })
     } else if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
-        Arc::new(metered::Metered::new(
-            redis_backend::RedisStore::connect_cluster(url, options).await?,
-        ))
+        Arc::new(redis_backend::RedisStore::connect_cluster(url, options).await?)
     } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Arc::new(metered::Metered::new(
-            redis_backend::RedisStore::connect(url, options).await?,
-        ))
+        Arc::new(redis_backend::RedisStore::connect(url, options).await?)
     } else {
         return Err(StoreError::Config(format!(
             "unknown store {url:?}: expected embedded, redis://, rediss://, redis-cluster:// or rediss-cluster://"

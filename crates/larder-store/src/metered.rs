@@ -1,12 +1,13 @@
 //! Times every store call (`larder_store_call_seconds{backend,op}`) and counts failures, so
 //! `/metrics` shows store latency the same way for every backend.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crate::{EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store};
+use crate::{EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store};
 
 /// Metric names of this crate, defined in one place.
 pub const CALL_SECONDS: &str = "larder_store_call_seconds";
@@ -15,13 +16,23 @@ pub const ROUND_TRIPS: &str = "larder_store_round_trips_total";
 /// Times the view-invalidation subscription had to reconnect (each one invalidates every
 /// cached view on every listener).
 pub const INVALIDATION_RECONNECTS: &str = "larder_store_invalidation_reconnects_total";
+/// Writes the backup took, by `op` and `outcome` (`applied` to Redis at once, or `queued`).
+pub const BACKUP_WRITES: &str = "larder_backup_writes_total";
+/// Time spent writing a batch to the backup, by `op`.
+pub const BACKUP_WRITE_SECONDS: &str = "larder_backup_write_seconds";
+/// Keys and schemas in the backup waiting to be replayed into Redis.
+pub const BACKUP_BACKLOG: &str = "larder_backup_replay_backlog";
+/// Keys replayed from the backup into Redis.
+pub const BACKUP_REPLAYED: &str = "larder_backup_replayed_total";
+/// Keys queued again because their primary failed over.
+pub const BACKUP_FAILOVER_REQUEUED: &str = "larder_backup_failover_requeued_total";
 
-pub struct Metered<S> {
-    inner: S,
+pub struct Metered {
+    inner: Arc<dyn Store>,
 }
 
-impl<S: Store> Metered<S> {
-    pub fn new(inner: S) -> Self {
+impl Metered {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
         Metered { inner }
     }
 
@@ -43,7 +54,7 @@ impl<S: Store> Metered<S> {
 }
 
 #[async_trait]
-impl<S: Store> Store for Metered<S> {
+impl Store for Metered {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
@@ -89,6 +100,18 @@ impl<S: Store> Store for Metered<S> {
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.timed("count_entities", self.inner.count_entities(ns))
             .await
+    }
+    async fn put_states(&self, ns: &str, states: Vec<EntityState>) -> Result<()> {
+        self.timed("put_states", self.inner.put_states(ns, states))
+            .await
+    }
+    fn failovers(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::redis_backend::Failover>> {
+        self.inner.failovers()
+    }
+    async fn backup_status(&self) -> Option<crate::BackupStatus> {
+        self.inner.backup_status().await
     }
     async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {
         self.timed("put_view", self.inner.put_view(category, view))

@@ -82,6 +82,29 @@ impl PostgresDb {
         self.server.is_some()
     }
 
+    /// Stop the private server at once (`pg_ctl stop -m immediate`, like a crash), to test
+    /// what happens while the database is down. Panics on the shared local server.
+    pub fn stop_server(&self) {
+        let server = self
+            .server
+            .as_ref()
+            .expect("larder-testkit: stop_server needs PostgresDb::start_private");
+        server
+            .stop()
+            .unwrap_or_else(|e| panic!("larder-testkit: {e}"));
+    }
+
+    /// Start the private server again after [`PostgresDb::stop_server`], same port and data.
+    pub fn start_server(&self) {
+        let server = self
+            .server
+            .as_ref()
+            .expect("larder-testkit: start_server needs PostgresDb::start_private");
+        server
+            .start_again()
+            .unwrap_or_else(|e| panic!("larder-testkit: {e}"));
+    }
+
     /// The database name (`larder_test_<random hex>`).
     pub fn name(&self) -> &str {
         &self.name
@@ -133,6 +156,8 @@ pub fn postgres_available() -> bool {
 struct PrivateServer {
     port: u16,
     data: PathBuf,
+    log: PathBuf,
+    opts: String,
     // Removed after the server is stopped (field order).
     _dir: TempDir,
 }
@@ -208,6 +233,8 @@ impl PrivateServer {
                 return PrivateServer {
                     port,
                     data,
+                    log,
+                    opts,
                     _dir: dir,
                 };
             }
@@ -223,18 +250,51 @@ impl PrivateServer {
     }
 }
 
+impl PrivateServer {
+    /// `pg_ctl stop -m immediate`: the server is gone at once, as after a crash.
+    fn stop(&self) -> Result<(), String> {
+        let pg_ctl = tool("pg_ctl").ok_or("`pg_ctl` not found")?;
+        let data = self.data.to_string_lossy().into_owned();
+        let out = as_postgres(&pg_ctl, &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl stop on port {} failed: {}",
+                self.port,
+                out.stderr.trim()
+            ))
+        }
+    }
+
+    /// Start it again on the same port and data.
+    fn start_again(&self) -> Result<(), String> {
+        let pg_ctl = tool("pg_ctl").ok_or("`pg_ctl` not found")?;
+        let data = self.data.to_string_lossy().into_owned();
+        let log = self.log.to_string_lossy().into_owned();
+        let out = as_postgres(
+            &pg_ctl,
+            &[
+                "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &self.opts, "start",
+            ],
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl start on port {} failed: {}{}",
+                self.port,
+                out.stdout.trim(),
+                out.stderr.trim()
+            ))
+        }
+    }
+}
+
 impl Drop for PrivateServer {
     fn drop(&mut self) {
-        if let Some(pg_ctl) = tool("pg_ctl") {
-            let data = self.data.to_string_lossy().into_owned();
-            let out = as_postgres(&pg_ctl, &["-D", &data, "-m", "immediate", "-w", "stop"]);
-            if !out.status.success() {
-                eprintln!(
-                    "larder-testkit: pg_ctl stop on port {} failed: {}",
-                    self.port,
-                    out.stderr.trim()
-                );
-            }
+        if let Err(e) = self.stop() {
+            eprintln!("larder-testkit: {e}");
         }
     }
 }

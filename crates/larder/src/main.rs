@@ -1,11 +1,13 @@
 //! The `larder` binary: `serve` runs the HTTP server (and, by default, the whole pipeline
 //! in-process), `worker` runs one pipeline stage, `mock-llm` the mock provider server,
-//! `rebuild` restores serving views from the main DB, `bench` drives load.
+//! `rebuild` restores serving views from the main DB, `restore` rebuilds entities from the
+//! backup, `bench` drives load.
 //! `main` only parses arguments and hands off; every command lives in its own module.
 
 mod bench;
 mod mock_llm;
 mod rebuild;
+mod restore;
 mod serve;
 mod signal;
 mod worker;
@@ -40,6 +42,8 @@ enum Command {
     MockLlm(mock_llm::MockLlmArgs),
     /// Recompute every category's serving view from the main DB.
     Rebuild(rebuild::RebuildArgs),
+    /// Rebuild the store's entities and schemas from the backup.
+    Restore(restore::RestoreArgs),
     /// Load generators that print req/s, values/s and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -88,6 +92,7 @@ fn main() {
             Command::Worker(args) => worker::run(args).await,
             Command::MockLlm(args) => mock_llm::run(args).await,
             Command::Rebuild(args) => rebuild::run(args).await,
+            Command::Restore(args) => restore::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -11,7 +11,9 @@ pub struct ServeArgs {
     /// TOML config file. Keys: listen, store, data_dir, ephemeral, allow_unauthenticated,
     /// [limits] max_body_bytes/max_lookup_keys/max_upsert_entities,
     /// [auth] write_tokens/read_tokens, [timeouts] connect_ms/response_ms/lookup_ms/shutdown_ms,
-    /// [breaker] failure_threshold/open_ms, db, [pipeline] (providers, stages; see README).
+    /// [breaker] failure_threshold/open_ms, db, backup,
+    /// [replay] write_timeout_ms/failover_window_ms/batch, [pipeline] (providers, stages; see
+    /// README).
     /// Every key can be set as LARDER_<KEY>
     /// (nested: LARDER_LIMITS__MAX_LOOKUP_KEYS). Flags win over the environment, which wins
     /// over the file.
@@ -35,6 +37,10 @@ pub struct ServeArgs {
     /// [env: LARDER_DB] [default: sqlite://<data-dir>/larder.db]
     #[arg(long, value_name = "URL")]
     db: Option<String>,
+    /// Durable backup of every entity write, for replay and `larder restore`:
+    /// postgres://… | sqlite://FILE [env: LARDER_BACKUP] [default: off]
+    #[arg(long, value_name = "URL")]
+    backup: Option<String>,
 }
 
 pub async fn run(args: ServeArgs) -> i32 {
@@ -44,6 +50,7 @@ pub async fn run(args: ServeArgs) -> i32 {
         data_dir: args.data_dir,
         ephemeral: args.ephemeral,
         db: args.db,
+        backup: args.backup,
     };
     let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(config) => config,

@@ -15,13 +15,22 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the store answers a ping within the response timeout.
+/// Ready when the store answers a ping within the response timeout. With a backup, the body
+/// also says whether the backup answers (writes are refused while it does not) and how many
+/// writes wait to be replayed into the store.
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let timeout = Duration::from_millis(state.config.timeouts.response_ms);
     match tokio::time::timeout(timeout, state.store.ping()).await {
-        Ok(Ok(())) => Ok(Json(
-            json!({"status": "ready", "store": state.store.backend()}),
-        )),
+        Ok(Ok(())) => {
+            let mut body = json!({"status": "ready", "store": state.store.backend()});
+            if let Some(backup) = state.store.backup_status().await {
+                body["backup"] = json!(backup);
+                if backup.replay_backlog > 0 {
+                    body["status"] = json!("replaying");
+                }
+            }
+            Ok(Json(body))
+        }
         Ok(Err(error)) => Err(ApiError::Unavailable(format!(
             "store is not answering: {error}"
         ))),

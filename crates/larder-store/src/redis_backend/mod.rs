@@ -20,7 +20,8 @@ pub use cluster::{Cluster, Failover, NodeConnector};
 use subscriber::Subscriber;
 
 use crate::{
-    keys, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError, StoreOptions,
+    keys, EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError,
+    StoreOptions,
 };
 
 /// HDEL/SCAN work is sent in chunks of this many commands.
@@ -365,6 +366,44 @@ impl Store for RedisStore {
 
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         Ok(self.batcher.scan(&keys::entity_pattern(ns)).await?.len() as u64)
+    }
+
+    async fn put_states(&self, ns: &str, states: Vec<EntityState>) -> Result<()> {
+        let mut cmds = Vec::with_capacity(states.len() * 2);
+        for state in states {
+            let key = keys::entity(ns, &state.key);
+            if state.deleted || state.fields.is_empty() {
+                let mut del = redis::cmd("DEL");
+                del.arg(key.as_slice());
+                cmds.push(keyed(key, del));
+                continue;
+            }
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key.as_slice());
+            for (name, value) in &state.fields {
+                hset.arg(name).arg(value.as_slice());
+            }
+            // An expiry in the past removes the key, as PEXPIREAT does.
+            let expiry = match state.expires_at_ms {
+                Some(at) => {
+                    let mut c = redis::cmd("PEXPIREAT");
+                    c.arg(key.as_slice()).arg(at);
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("PERSIST");
+                    c.arg(key.as_slice());
+                    c
+                }
+            };
+            cmds.push(keyed(key.clone(), hset));
+            cmds.push(keyed(key, expiry));
+        }
+        self.batcher.run(cmds).await.map(drop)
+    }
+
+    fn failovers(&self) -> Option<tokio::sync::broadcast::Receiver<Failover>> {
+        self.cluster().map(Cluster::failovers)
     }
 
     async fn put_view(&self, category: &str, view: &[u8]) -> Result<()> {
