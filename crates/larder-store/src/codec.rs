@@ -4,6 +4,7 @@
 //! before its `dim` signed bytes (symmetric per-vector quantisation: `value ≈ scale · q`).
 //! This layout is part of the public contract (`shared/API.md`, "Redis layout").
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -63,31 +64,53 @@ pub fn encode(dtype: Dtype, dim: usize, values: &[f32]) -> Result<Vec<u8>, Codec
             got: values.len(),
         });
     }
-    if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+    // Branch-free over the whole vector (it vectorises); the index only on failure.
+    if !values.iter().fold(true, |ok, v| ok & v.is_finite()) {
+        let index = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(CodecError::NonFinite { index });
     }
-    let mut out = Vec::with_capacity(dtype.stored_len(dim));
+    // Sized once and written in place: per-element `extend_from_slice` was the top cost of
+    // `larder load` in `perf` (17% of its samples for 768-d f16, beside 6% in the conversion).
+    let mut out = vec![0u8; dtype.stored_len(dim)];
     match dtype {
-        Dtype::F32 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        Dtype::F16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
-        Dtype::Bf16 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_le_bytes())),
+        Dtype::F32 => {
+            for (c, v) in out.chunks_exact_mut(4).zip(values) {
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        // `half`'s slice conversion uses the CPU's F16C instructions when it has them; it goes
+        // through a small stack buffer so that encoding allocates nothing but its output.
+        Dtype::F16 => {
+            let mut halves = [f16::ZERO; 64];
+            for (out, values) in out.chunks_mut(128).zip(values.chunks(64)) {
+                let halves = &mut halves[..values.len()];
+                halves.convert_from_f32_slice(values);
+                for (c, h) in out.chunks_exact_mut(2).zip(halves.iter()) {
+                    c.copy_from_slice(&h.to_le_bytes());
+                }
+            }
+        }
+        Dtype::Bf16 => {
+            let mut halves = [bf16::ZERO; 64];
+            for (out, values) in out.chunks_mut(128).zip(values.chunks(64)) {
+                let halves = &mut halves[..values.len()];
+                halves.convert_from_f32_slice(values);
+                for (c, h) in out.chunks_exact_mut(2).zip(halves.iter()) {
+                    c.copy_from_slice(&h.to_le_bytes());
+                }
+            }
+        }
         Dtype::I8 => {
             let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
             let scale = if max > 0.0 { max / 127.0 } else { 0.0 };
-            out.extend_from_slice(&scale.to_le_bytes());
-            for v in values {
+            out[..SCALE_BYTES].copy_from_slice(&scale.to_le_bytes());
+            for (o, v) in out[SCALE_BYTES..].iter_mut().zip(values) {
                 let q = if scale > 0.0 {
                     (v / scale).round().clamp(-127.0, 127.0) as i8
                 } else {
                     0
                 };
-                out.push(q as u8);
+                *o = q as u8;
             }
         }
     }

@@ -5,6 +5,7 @@
 //! `main` only parses arguments and hands off; every command lives in its own module.
 
 mod bench;
+mod load;
 mod mock_llm;
 mod rebuild;
 mod restore;
@@ -44,6 +45,8 @@ enum Command {
     Rebuild(rebuild::RebuildArgs),
     /// Rebuild the store's entities and schemas from the backup.
     Restore(restore::RestoreArgs),
+    /// Load embeddings from a .parquet, .npy, .jsonl or .safetensors file into a namespace.
+    Load(load::LoadArgs),
     /// Load generators that print req/s, values/s and latency percentiles.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +96,7 @@ fn main() {
             Command::MockLlm(args) => mock_llm::run(args).await,
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Restore(args) => restore::run(args).await,
+            Command::Load(args) => load::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

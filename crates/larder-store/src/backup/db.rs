@@ -224,6 +224,11 @@ impl Db {
                 let mut tx = pool.begin().await.map_err(down)?;
                 // Concurrent CREATE … IF NOT EXISTS can still collide in the catalog when
                 // several servers start together; the lock lasts until commit.
+                // `CREATE … IF NOT EXISTS` would otherwise send a notice per existing table.
+                sqlx::query("SET LOCAL client_min_messages = warning")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(down)?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(SCHEMA_LOCK_KEY)
                     .execute(&mut *tx)

@@ -5,6 +5,7 @@ mod items;
 mod load;
 mod lookup;
 mod pipeline;
+mod upsert;
 
 use clap::Subcommand;
 
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Items(items::ItemsArgs),
     /// Sustained generations per second at a given provider latency and concurrency.
     Pipeline(pipeline::PipelineArgs),
+    /// What the dual write to the backup costs a batch upsert.
+    Upsert(upsert::UpsertArgs),
 }
 
 pub async fn run(command: BenchCommand) -> i32 {
@@ -23,6 +26,7 @@ pub async fn run(command: BenchCommand) -> i32 {
         BenchCommand::Lookup(args) => lookup::run(args).await,
         BenchCommand::Items(args) => items::run(args).await,
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
+        BenchCommand::Upsert(args) => upsert::run(args).await,
     };
     match out {
         Ok(()) => 0,
