@@ -312,6 +312,91 @@ impl RedisCluster {
         Ok(())
     }
 
+    /// Lose a whole shard, as when a primary and its replica die together, then do what an
+    /// operator does to serve again: SIGKILL `primary` and its replica, `CLUSTER FORGET` both
+    /// on every remaining node, and give their slots to another primary (`CLUSTER
+    /// ADDSLOTSRANGE`), which then holds none of their keys. Waits until every remaining node
+    /// reports `cluster_state:ok` with the same complete slot map. Returns the moved ranges.
+    pub fn lose_shard(&mut self, primary: u16) -> Vec<(u16, u16)> {
+        let view = cluster_nodes(primary).unwrap_or_else(|e| panic!("larder-testkit: {e}"));
+        let me = view
+            .iter()
+            .find(|e| e.port == primary && e.flags.iter().any(|f| f == "myself"))
+            .unwrap_or_else(|| panic!("larder-testkit: {primary} is not in its own CLUSTER NODES"))
+            .clone();
+        assert!(
+            me.is_live_primary(),
+            "larder-testkit: {primary} is not a primary"
+        );
+        let replicas: Vec<&NodeEntry> = view
+            .iter()
+            .filter(|e| e.master_id.as_deref() == Some(me.id.as_str()))
+            .collect();
+        let heir = view
+            .iter()
+            .find(|e| e.is_live_primary() && e.id != me.id)
+            .expect("larder-testkit: another primary")
+            .port;
+        let mut dead: Vec<(u16, String)> = vec![(primary, me.id.clone())];
+        dead.extend(replicas.iter().map(|r| (r.port, r.id.clone())));
+        for (port, _) in &dead {
+            self.kill_node(*port);
+        }
+        let alive: Vec<u16> = self
+            .ports()
+            .into_iter()
+            .filter(|p| self.is_running(*p))
+            .collect();
+        for port in &alive {
+            for (_, id) in &dead {
+                let out = self.cli(*port, &["CLUSTER", "FORGET", id]);
+                assert_eq!(out, "OK", "larder-testkit: CLUSTER FORGET on {port}: {out}");
+            }
+        }
+        for (start, end) in &me.slots {
+            let out = self.cli(
+                heir,
+                &[
+                    "CLUSTER",
+                    "ADDSLOTSRANGE",
+                    &start.to_string(),
+                    &end.to_string(),
+                ],
+            );
+            assert_eq!(out, "OK", "larder-testkit: ADDSLOTSRANGE on {heir}: {out}");
+        }
+        let deadline = Instant::now() + CONVERGE_TIMEOUT;
+        loop {
+            let agreed =
+                alive
+                    .iter()
+                    .try_fold(None, |reference: Option<Vec<(u16, u16, u16)>>, p| {
+                        check_state_ok(*p)?;
+                        let slots =
+                            parse_cluster_slots_json(&query(*p, &["--json", "cluster", "slots"])?)?;
+                        let mut ranges: Vec<(u16, u16, u16)> =
+                            slots.iter().map(|r| (r.start, r.end, r.primary)).collect();
+                        ranges.sort_unstable();
+                        let covered: Vec<(u16, u16)> = ranges.iter().map(|r| (r.0, r.1)).collect();
+                        if !covers_all_slots(&covered) {
+                            return Err(format!("node {p}: slots not covered"));
+                        }
+                        match reference {
+                            Some(r) if r != ranges => Err(format!("node {p} disagrees")),
+                            _ => Ok(Some(ranges)),
+                        }
+                    });
+            match agreed {
+                Ok(_) => return me.slots.clone(),
+                Err(reason) if Instant::now() >= deadline => panic!(
+                    "larder-testkit: the cluster did not recover from losing a shard: {reason}\n{}",
+                    self.log_tails()
+                ),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
     /// The last `lines` log lines of one node since its latest (re)start.
     pub fn log_tail(&self, port: u16, lines: usize) -> String {
         self.nodes

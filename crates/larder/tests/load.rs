@@ -474,6 +474,17 @@ async fn loads_go_to_the_backup_too_and_bad_setups_fail_clearly() {
         .await
         .expect("count");
     assert_eq!(held, 250, "the backup holds every loaded entity");
+    let schemas = Backup::connect(&backup)
+        .await
+        .expect("backup")
+        .schemas(Some("emb"))
+        .await
+        .expect("schemas");
+    assert_eq!(
+        schemas.len(),
+        1,
+        "and the namespace's schema, which predates the backup"
+    );
 
     let run = larder_load(&file, &["--namespace", "nope", "--store", &redis.url()]);
     assert_eq!(run.code, Some(1));

@@ -331,6 +331,14 @@ async fn load(config: &Config, args: &LoadArgs) -> Result<Report, (LoadError, Op
                 args.namespace, args.namespace
             )))
         })?;
+    if !config.backup.is_empty() {
+        // The backup must hold the schema too, or a restore would bring back entities of a
+        // namespace it does not know (the namespace may predate the backup).
+        store
+            .put_schema(&args.namespace, &schema)
+            .await
+            .map_err(|e| fail(e.into()))?;
+    }
     let mut source = open_source(args, &schema).map_err(fail)?;
     let bar = match source.rows() {
         Some(n) => ProgressBar::new(n).with_style(
