@@ -28,7 +28,7 @@ impl From<redis::RedisError> for BrokerError {
 }
 
 impl From<larder_store::StoreError> for BrokerError {
-    /// Only `cluster_seeds` is used from the store crate, and it fails on bad URLs only.
+    /// The store crate's cluster client: a bad URL is configuration, the rest unavailability.
     fn from(error: larder_store::StoreError) -> Self {
         match error {
             larder_store::StoreError::Config(msg) => BrokerError::Config(msg),

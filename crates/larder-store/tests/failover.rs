@@ -5,8 +5,8 @@
 //! Every round asserts that lookups answer again within [`RECOVERY`] of every node reporting a
 //! healthy cluster, that they keep answering afterwards, and that no store call took longer
 //! than the store's own deadline plus [`MARGIN`]. The primary test repeats
-//! `LARDER_FAILOVER_RUNS` times (default 2); run it 20 times by hand with
-//! `LARDER_FAILOVER_RUNS=20 cargo test -p larder-store --test failover -- --nocapture`.
+//! `FAILOVER_RUNS` times (default 2); run it 20 times by hand with
+//! `FAILOVER_RUNS=20 cargo test -p larder-store --test failover -- --nocapture`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -207,7 +207,7 @@ fn assert_recovered(load: &Load, ok_at: Instant, what: &str) -> Duration {
 }
 
 fn runs() -> usize {
-    std::env::var("LARDER_FAILOVER_RUNS")
+    std::env::var("FAILOVER_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2)

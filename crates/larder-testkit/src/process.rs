@@ -177,8 +177,19 @@ impl Node {
         self.password.as_deref()
     }
 
+    /// Whether the process is alive: started, and neither exited nor killed (also by someone
+    /// else, e.g. `larder bench failover` killing a primary by pid; a dead child that nobody
+    /// reaped yet is a zombie, state `Z` in `/proc/PID/stat`).
     pub(crate) fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.as_ref().is_some_and(|c| {
+            match std::fs::read_to_string(format!("/proc/{}/stat", c.id())) {
+                // `pid (comm) S …`: the state follows the last ')'.
+                Ok(stat) => stat
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+                Err(_) => false,
+            }
+        })
     }
 
     /// Spawn the process (does not wait for it).

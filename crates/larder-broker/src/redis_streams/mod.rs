@@ -198,7 +198,7 @@ impl Broker for RedisBroker {
         let key = keys::stage_stream(stage);
         self.inner.ensure_group(&key).await?;
         // Open the blocking connection now, so an unreachable server fails the subscribe.
-        let blocking = self.inner.connector.open().await?;
+        let blocking = self.inner.connector.open(&key).await?;
         tracing::debug!(stage, consumer, "redis streams subscription");
         Ok(Arc::new(RedisSubscription::new(
             self.inner.clone(),

@@ -182,7 +182,7 @@ impl RedisSubscription {
         // reclaimed after `claim_idle`.
         let mut conn = match st.conn.take() {
             Some(conn) => conn,
-            None => self.inner.connector.open().await?,
+            None => self.inner.connector.open(&self.key).await?,
         };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")

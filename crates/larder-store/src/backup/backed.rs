@@ -39,6 +39,9 @@ impl Default for BackedOptions {
     }
 }
 
+/// A write slower than this is logged with where its time went.
+const SLOW_WRITE: Duration = Duration::from_millis(500);
+
 pub struct Backed {
     inner: Arc<dyn Store>,
     db: Db,
@@ -171,8 +174,9 @@ impl Store for Backed {
             .db
             .upsert(ns, expires_at_ms, &entities, &slots, now)
             .await?;
+        let backup_took = start.elapsed();
         metrics::histogram!(BACKUP_WRITE_SECONDS, "op" => "upsert")
-            .record(start.elapsed().as_secs_f64());
+            .record(backup_took.as_secs_f64());
         // Keys with an earlier write still queued wait behind it.
         let mut queued: Vec<&str> = Vec::new();
         let mut direct: Vec<EntityWrite> = Vec::with_capacity(entities.len());
@@ -193,6 +197,7 @@ impl Store for Backed {
         if !applied {
             queued.extend(versions.drain(..).map(|(k, _)| k));
         }
+        let redis_took = start.elapsed() - backup_took;
         let overtaken = self.db.overtaken(ns, &versions).await?;
         let n_queued = queued.len();
         let marked: Vec<&str> = queued
@@ -205,6 +210,16 @@ impl Store for Backed {
         }
         self.count("upsert", "applied", if applied { n_direct } else { 0 });
         self.count("upsert", "queued", n_queued);
+        let took = start.elapsed();
+        if took > SLOW_WRITE {
+            tracing::warn!(
+                entities = entities.len(),
+                took_ms = took.as_millis() as u64,
+                backup_ms = backup_took.as_millis() as u64,
+                redis_ms = redis_took.as_millis() as u64,
+                "slow write"
+            );
+        }
         Ok(())
     }
 

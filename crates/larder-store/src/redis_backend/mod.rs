@@ -66,36 +66,14 @@ impl RedisStore {
     /// Redis Cluster from `redis-cluster://[user:pass@]host:port,host:port,…` (or
     /// `rediss-cluster://` for TLS): every listed node is a seed.
     pub async fn connect_cluster(url: &str, options: &StoreOptions) -> Result<Self> {
-        let (seeds, mut nodes) = cluster_seeds(url)?;
-        nodes.config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout));
+        let (seeds, _) = cluster_seeds(url)?;
         let pubsub_nodes = seeds
             .iter()
             .map(|seed| redis::Client::open(seed.as_str()))
             .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
-        let seed_addrs = pubsub_nodes
-            .iter()
-            .filter_map(|client| match client.get_connection_info().addr() {
-                redis::ConnectionAddr::Tcp(host, port)
-                | redis::ConnectionAddr::TcpTls { host, port, .. } => Some(slots::NodeAddr {
-                    host: host.clone(),
-                    port: *port,
-                }),
-                _ => None,
-            })
-            .collect();
         let trips = Trips::default();
-        let cluster = Cluster::connect(
-            seed_addrs,
-            nodes,
-            options.connections,
-            options.cluster_batch,
-            options.response_timeout,
-            trips.clone(),
-        )
-        .await?;
+        let cluster = Cluster::open_counted(url, options, trips.clone()).await?;
         Ok(RedisStore {
             batcher: Batcher::new(
                 Topology::Cluster(Box::new(cluster)),
@@ -121,6 +99,44 @@ impl RedisStore {
             Topology::Cluster(cluster) => Some(cluster),
             Topology::Single(_) => None,
         }
+    }
+}
+
+impl Cluster {
+    /// A cluster client for `redis-cluster://…` (or `rediss-cluster://…`), with `options`'
+    /// timeouts, connections per node and batch strategy: the store's, and the broker's.
+    pub async fn open(url: &str, options: &StoreOptions) -> Result<Cluster> {
+        Cluster::open_counted(url, options, Trips::default()).await
+    }
+
+    async fn open_counted(url: &str, options: &StoreOptions, trips: Trips) -> Result<Cluster> {
+        let (seeds, mut nodes) = cluster_seeds(url)?;
+        nodes.config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let mut seed_addrs = Vec::with_capacity(seeds.len());
+        for seed in &seeds {
+            let client = redis::Client::open(seed.as_str())
+                .map_err(|e| StoreError::Config(format!("bad redis-cluster URL: {e}")))?;
+            if let redis::ConnectionAddr::Tcp(host, port)
+            | redis::ConnectionAddr::TcpTls { host, port, .. } =
+                client.get_connection_info().addr()
+            {
+                seed_addrs.push(slots::NodeAddr {
+                    host: host.clone(),
+                    port: *port,
+                });
+            }
+        }
+        Cluster::connect(
+            seed_addrs,
+            nodes,
+            options.connections,
+            options.cluster_batch,
+            options.response_timeout,
+            trips,
+        )
+        .await
     }
 }
 

@@ -1,5 +1,6 @@
 //! `larder bench …`: load generators that print req/s, values/s and latency percentiles.
 
+mod failover;
 mod harness;
 mod items;
 mod load;
@@ -17,6 +18,8 @@ pub enum BenchCommand {
     Items(items::ItemsArgs),
     /// Sustained generations per second at a given provider latency and concurrency.
     Pipeline(pipeline::PipelineArgs),
+    /// A cluster primary SIGKILLed under reads and writes through a running server.
+    Failover(failover::FailoverArgs),
     /// What the dual write to the backup costs a batch upsert.
     Upsert(upsert::UpsertArgs),
 }
@@ -27,6 +30,7 @@ pub async fn run(command: BenchCommand) -> i32 {
         BenchCommand::Items(args) => items::run(args).await,
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
         BenchCommand::Upsert(args) => upsert::run(args).await,
+        BenchCommand::Failover(args) => failover::run(args).await,
     };
     match out {
         Ok(()) => 0,

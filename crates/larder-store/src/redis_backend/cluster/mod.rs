@@ -90,10 +90,36 @@ impl Cluster {
         self.topology.failovers()
     }
 
-    /// Send every command; answers in the order given.
+    /// Send every command; answers in the order given. An error reply (say `WRONGTYPE`)
+    /// fails the call.
     pub(crate) async fn run(&self, cmds: &[Keyed]) -> Result<Vec<Value>> {
+        self.run_raw(cmds)
+            .await?
+            .into_iter()
+            .map(|reply| reply.map_err(StoreError::from))
+            .collect()
+    }
+
+    /// One command routed by `key`: `Err` when the cluster did not answer within the call's
+    /// deadline, else the reply, error replies included (for callers that act on their codes,
+    /// like the broker's `BUSYGROUP` and `NOGROUP`).
+    pub async fn query(&self, key: &[u8], cmd: &Cmd) -> Result<redis::RedisResult<Value>> {
+        let mut replies = self
+            .run_raw(&[Keyed {
+                key: key.to_vec(),
+                cmd: cmd.clone(),
+            }])
+            .await?;
+        replies
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("no answer".into()))
+    }
+
+    /// Send every command; each command's reply (values or error replies) in the order given.
+    async fn run_raw(&self, cmds: &[Keyed]) -> Result<Vec<redis::RedisResult<Value>>> {
         let deadline = Instant::now() + self.timeout;
-        let mut answers: Vec<Option<Value>> = vec![None; cmds.len()];
+        let mut answers: Vec<Option<redis::RedisResult<Value>>> =
+            (0..cmds.len()).map(|_| None).collect();
         let mut pending: Vec<usize> = (0..cmds.len()).collect();
         loop {
             let snapshot = self.topology.current();
@@ -132,7 +158,7 @@ impl Cluster {
                 match out {
                     Ok(values) => {
                         for (i, value) in idx.into_iter().zip(values) {
-                            round.take(i, value, &mut answers)?;
+                            round.take(i, value, &mut answers);
                         }
                     }
                     Err(error) => {
@@ -142,7 +168,7 @@ impl Cluster {
                 }
             }
             self.follow_asks(cmds, &mut round, &mut answers, deadline)
-                .await?;
+                .await;
             if round.retry.is_empty() {
                 break;
             }
@@ -175,9 +201,9 @@ impl Cluster {
         &self,
         cmds: &[Keyed],
         round: &mut Round,
-        answers: &mut [Option<Value>],
+        answers: &mut [Option<redis::RedisResult<Value>>],
         deadline: Instant,
-    ) -> Result<()> {
+    ) {
         let mut by_node: HashMap<NodeAddr, Vec<usize>> = HashMap::new();
         for (i, to) in std::mem::take(&mut round.asks) {
             by_node.entry(to).or_default().push(i);
@@ -188,13 +214,7 @@ impl Cluster {
                 // Every other reply is the ASKING "OK".
                 Ok(values) => {
                     for (&i, value) in idx.iter().zip(values.into_iter().skip(1).step_by(2)) {
-                        match value {
-                            Ok(value) => answers[i] = Some(value),
-                            Err(error) => {
-                                round.last_error = Some(format!("{to}: {error}"));
-                                round.retry.push(i);
-                            }
-                        }
+                        round.take(i, value, answers);
                     }
                 }
                 Err(error) => {
@@ -203,7 +223,6 @@ impl Cluster {
                 }
             }
         }
-        Ok(())
     }
 
     /// One pipeline to one node on Larder's own connection; each command's result separately.
@@ -271,7 +290,12 @@ impl Cluster {
     }
 
     /// One command on one node.
-    async fn one_on(&self, addr: &NodeAddr, cmd: &Cmd, deadline: Instant) -> Result<Value> {
+    pub(crate) async fn one_on(
+        &self,
+        addr: &NodeAddr,
+        cmd: &Cmd,
+        deadline: Instant,
+    ) -> Result<Value> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors().add_command(cmd.clone());
         let mut values = self.send(addr, pipe, 1, deadline).await?;
@@ -350,17 +374,18 @@ impl Cluster {
 }
 
 impl Round {
-    /// File one command's reply: an answer, a redirect, or an error to retry or to return.
+    /// File one command's reply: an answer (error replies too), or a redirect or a
+    /// "not now" to retry.
     fn take(
         &mut self,
         i: usize,
         value: redis::RedisResult<Value>,
-        answers: &mut [Option<Value>],
-    ) -> Result<()> {
+        answers: &mut [Option<redis::RedisResult<Value>>],
+    ) {
         let error = match value {
             Ok(value) => {
-                answers[i] = Some(value);
-                return Ok(());
+                answers[i] = Some(Ok(value));
+                return;
             }
             Err(error) => error,
         };
@@ -374,10 +399,9 @@ impl Round {
                 self.last_error = Some(error.to_string());
                 self.retry.push(i);
             }
-            // A real error reply (WRONGTYPE, OOM, …): retrying cannot help.
-            None => return Err(error.into()),
+            // A real error reply (WRONGTYPE, BUSYGROUP, …): retrying cannot help.
+            None => answers[i] = Some(Err(error)),
         }
-        Ok(())
     }
 }
 
@@ -395,9 +419,16 @@ fn retriable(error: &redis::RedisError) -> bool {
     ) || is_connection_error(error)
 }
 
-/// Whether `error` means the connection is unusable (rather than an error reply).
+/// Whether `error` means the connection is unusable, rather than an error reply (which may be
+/// of a kind redis-rs does not know, like `BUSYGROUP`: `ErrorKind::Extension`).
 pub(crate) fn is_connection_error(error: &redis::RedisError) -> bool {
-    !matches!(error.kind(), redis::ErrorKind::Server(_))
+    matches!(
+        error.kind(),
+        redis::ErrorKind::Io
+            | redis::ErrorKind::Parse
+            | redis::ErrorKind::ClusterConnectionNotFound
+    ) || error.is_timeout()
+        || error.is_connection_dropped()
 }
 
 /// A pipeline that reports each command's result separately; with `asking`, each command is
