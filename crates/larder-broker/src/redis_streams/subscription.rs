@@ -262,7 +262,8 @@ impl Subscription for RedisSubscription {
                 // Whatever failed, the blocking connection may be stale (e.g. to a primary
                 // that has just been failed over): open a fresh one next time.
                 st.conn = None;
-                tracing::warn!(
+                // The pipeline runner logs the failure it gets back; this is the detail.
+                tracing::debug!(
                     stage = %self.stage,
                     consumer = %self.consumer,
                     failures = st.failures,
