@@ -420,6 +420,44 @@ async fn write_all(
     Ok(loaded)
 }
 
+/// Little-endian element types the array formats carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Element {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Element {
+    pub(crate) fn size(self) -> usize {
+        match self {
+            Element::F32 => 4,
+            Element::F16 | Element::Bf16 => 2,
+        }
+    }
+
+    /// Decode `raw` (`out.len()` elements) into `out`.
+    pub(crate) fn decode(self, raw: &[u8], out: &mut [f32]) {
+        match self {
+            Element::F32 => {
+                for (v, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                    *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            Element::F16 => {
+                for (v, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *v = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            Element::Bf16 => {
+                for (v, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                    *v = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+}
+
 /// Check that a file's declared row count and a keys file agree.
 pub(crate) fn check_key_count(keys: &keys::Keys, rows: u64, file: &Path) -> Result<(), LoadError> {
     match keys.count() {

@@ -9,25 +9,8 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use half::f16;
-
 use super::keys::Keys;
-use super::{check_key_count, LoadError, Sink, Source};
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Element {
-    F32,
-    F16,
-}
-
-impl Element {
-    fn size(self) -> usize {
-        match self {
-            Element::F32 => 4,
-            Element::F16 => 2,
-        }
-    }
-}
+use super::{check_key_count, Element, LoadError, Sink, Source};
 
 pub(crate) struct NpySource {
     path: PathBuf,
@@ -150,18 +133,7 @@ impl Source for NpySource {
             self.reader
                 .read_exact(&mut raw)
                 .map_err(|e| LoadError::file(format!("{}: row {row}: {e}", self.path.display())))?;
-            match self.element {
-                Element::F32 => {
-                    for (v, c) in values.iter_mut().zip(raw.chunks_exact(4)) {
-                        *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-                Element::F16 => {
-                    for (v, c) in values.iter_mut().zip(raw.chunks_exact(2)) {
-                        *v = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                    }
-                }
-            }
+            self.element.decode(&raw, &mut values);
             let key = self.keys.key(row);
             sink.row(row, &key, &[(self.field.as_str(), values.as_slice())])?;
         }

@@ -10,17 +10,16 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use larder_store::NamespaceSchema;
 use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 
 use super::keys::Keys;
-use super::{check_key_count, LoadError, Sink, Source};
+use super::{check_key_count, Element, LoadError, Sink, Source};
 
 struct Tensor {
     field: String,
-    dtype: Dtype,
+    element: Element,
     dim: usize,
     reader: BufReader<File>,
     present: Option<BufReader<File>>,
@@ -114,9 +113,14 @@ impl SafetensorsSource {
                 Some(_) => return Err(bad(format!("{name}.present is not U8 [{n}]"))),
                 None => None,
             };
+            let element = match info.dtype {
+                Dtype::F32 => Element::F32,
+                Dtype::F16 => Element::F16,
+                _ => Element::Bf16,
+            };
             tensors.push(Tensor {
                 field: name.clone(),
-                dtype: info.dtype,
+                element,
                 dim,
                 reader: reader_at(info.data_offsets.0)?,
                 present,
@@ -150,8 +154,7 @@ impl Source for SafetensorsSource {
         for row in 0..self.rows {
             let mut real = vec![true; self.tensors.len()];
             for (i, tensor) in self.tensors.iter_mut().enumerate() {
-                let size = tensor.dtype.bitsize() / 8;
-                raw.resize(tensor.dim * size, 0);
+                raw.resize(tensor.dim * tensor.element.size(), 0);
                 let io = |e: std::io::Error| {
                     LoadError::file(format!("{}: row {row}: {e}", self.path.display()))
                 };
@@ -161,24 +164,7 @@ impl Source for SafetensorsSource {
                     present.read_exact(&mut flag).map_err(io)?;
                     real[i] = flag[0] != 0;
                 }
-                let out = &mut values[i];
-                match tensor.dtype {
-                    Dtype::F32 => {
-                        for (v, c) in out.iter_mut().zip(raw.chunks_exact(4)) {
-                            *v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                        }
-                    }
-                    Dtype::F16 => {
-                        for (v, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
-                            *v = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                        }
-                    }
-                    _ => {
-                        for (v, c) in out.iter_mut().zip(raw.chunks_exact(2)) {
-                            *v = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-                        }
-                    }
-                }
+                tensor.element.decode(&raw, &mut values[i]);
             }
             let fields: Vec<(&str, &[f32])> = self
                 .tensors

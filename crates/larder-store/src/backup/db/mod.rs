@@ -31,12 +31,14 @@ use crate::{EntityState, Result, StoreError};
 /// How long a write waits for a pooled connection before the backup counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
-const PG_SCHEMA: [&str; 6] = [
+/// The tables, for both databases: `BYTES` becomes `BYTEA` on PostgreSQL and `BLOB` on SQLite
+/// (BIGINT and BOOLEAN mean the same to both).
+const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS larder_backup_schemas (
         ns TEXT PRIMARY KEY, schema TEXT NOT NULL, version BIGINT NOT NULL,
         pending BOOLEAN NOT NULL, updated_at_ms BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS larder_backup_entities (
-        ns TEXT NOT NULL, key BYTEA NOT NULL, version BIGINT NOT NULL, expires_at_ms BIGINT,
+        ns TEXT NOT NULL, key BYTES NOT NULL, version BIGINT NOT NULL, expires_at_ms BIGINT,
         deleted BOOLEAN NOT NULL, pending BOOLEAN NOT NULL, slot INTEGER NOT NULL,
         updated_at_ms BIGINT NOT NULL, PRIMARY KEY (ns, key))",
     "CREATE INDEX IF NOT EXISTS larder_backup_entities_pending
@@ -44,27 +46,8 @@ const PG_SCHEMA: [&str; 6] = [
     "CREATE INDEX IF NOT EXISTS larder_backup_entities_updated
         ON larder_backup_entities (updated_at_ms)",
     "CREATE TABLE IF NOT EXISTS larder_backup_fields (
-        ns TEXT NOT NULL, key BYTEA NOT NULL, field TEXT NOT NULL, value BYTEA NOT NULL,
+        ns TEXT NOT NULL, key BYTES NOT NULL, field TEXT NOT NULL, value BYTES NOT NULL,
         PRIMARY KEY (ns, key, field))",
-    "SELECT 1",
-];
-
-const SQLITE_SCHEMA: [&str; 6] = [
-    "CREATE TABLE IF NOT EXISTS larder_backup_schemas (
-        ns TEXT PRIMARY KEY, schema TEXT NOT NULL, version INTEGER NOT NULL,
-        pending BOOLEAN NOT NULL, updated_at_ms INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS larder_backup_entities (
-        ns TEXT NOT NULL, key BLOB NOT NULL, version INTEGER NOT NULL, expires_at_ms INTEGER,
-        deleted BOOLEAN NOT NULL, pending BOOLEAN NOT NULL, slot INTEGER NOT NULL,
-        updated_at_ms INTEGER NOT NULL, PRIMARY KEY (ns, key))",
-    "CREATE INDEX IF NOT EXISTS larder_backup_entities_pending
-        ON larder_backup_entities (version) WHERE pending",
-    "CREATE INDEX IF NOT EXISTS larder_backup_entities_updated
-        ON larder_backup_entities (updated_at_ms)",
-    "CREATE TABLE IF NOT EXISTS larder_backup_fields (
-        ns TEXT NOT NULL, key BLOB NOT NULL, field TEXT NOT NULL, value BLOB NOT NULL,
-        PRIMARY KEY (ns, key, field))",
-    "SELECT 1",
 ];
 
 /// Key of the PostgreSQL advisory lock that serialises schema creation between processes.
@@ -235,8 +218,8 @@ impl Db {
                     .execute(&mut *tx)
                     .await
                     .map_err(down)?;
-                for statement in PG_SCHEMA {
-                    sqlx::query(statement)
+                for statement in SCHEMA {
+                    sqlx::query(&statement.replace("BYTES", "BYTEA"))
                         .execute(&mut *tx)
                         .await
                         .map_err(down)?;
@@ -244,8 +227,11 @@ impl Db {
                 tx.commit().await.map_err(down)
             }
             Db::Sqlite(pool) => {
-                for statement in SQLITE_SCHEMA {
-                    sqlx::query(statement).execute(pool).await.map_err(down)?;
+                for statement in SCHEMA {
+                    sqlx::query(&statement.replace("BYTES", "BLOB"))
+                        .execute(pool)
+                        .await
+                        .map_err(down)?;
                 }
                 Ok(())
             }
