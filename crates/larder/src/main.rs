@@ -75,7 +75,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,larder=info".into()),
+                // sqlx's slow-statement warning fires on every long streaming read (a restore's
+                // is as long as the restore); slow backup writes are logged by the store itself.
+                .unwrap_or_else(|_| "info,larder=info,sqlx::query=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();
