@@ -21,6 +21,12 @@ pub enum BrokerError {
     InvalidId(String),
 }
 
+impl From<larder_store::UrlError> for BrokerError {
+    fn from(error: larder_store::UrlError) -> Self {
+        BrokerError::Config(error.0)
+    }
+}
+
 impl From<redis::RedisError> for BrokerError {
     fn from(error: redis::RedisError) -> Self {
         BrokerError::Unavailable(error.to_string())

@@ -121,7 +121,10 @@ pub fn memory(options: BrokerOptions) -> Arc<dyn Broker> {
 /// Redis Streams with consumer groups on `redis://`, `rediss://`, `redis-cluster://…` or
 /// `rediss-cluster://…`. Connects before returning, so a bad URL or an unreachable server fails
 /// here.
-pub async fn redis(url: &str, options: BrokerOptions) -> Result<Arc<dyn Broker>, BrokerError> {
+pub async fn redis(
+    url: &larder_store::RedisUrl,
+    options: BrokerOptions,
+) -> Result<Arc<dyn Broker>, BrokerError> {
     Ok(Arc::new(
         redis_streams::RedisBroker::connect(url, options).await?,
     ))

@@ -21,7 +21,7 @@ impl Target {
     async fn broker(&self, options: BrokerOptions) -> Arc<dyn Broker> {
         match self {
             Target::Memory => larder_broker::memory(options),
-            Target::Redis(url) => larder_broker::redis(url, options)
+            Target::Redis(url) => larder_broker::redis(&url.parse().expect("redis URL"), options)
                 .await
                 .unwrap_or_else(|e| panic!("connect to {url}: {e}")),
         }
@@ -462,7 +462,11 @@ async fn redis_suite() {
 #[tokio::test]
 async fn bad_urls_are_config_errors() {
     for url in ["http://localhost:1", "redis-cluster://", "redis://a:b:c:d"] {
-        match larder_broker::redis(url, BrokerOptions::default()).await {
+        let connected = match url.parse::<larder_store::RedisUrl>() {
+            Ok(parsed) => larder_broker::redis(&parsed, BrokerOptions::default()).await,
+            Err(error) => Err(error.into()),
+        };
+        match connected {
             Err(larder_broker::BrokerError::Config(_)) => {}
             Err(other) => panic!("{url}: {other}"),
             Ok(_) => panic!("{url}: accepted"),

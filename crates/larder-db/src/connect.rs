@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use larder_url::DbUrl;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Row, Transaction};
@@ -94,44 +95,13 @@ pub struct Db {
     pub(crate) backend: Backend,
 }
 
-/// What a URL asks for.
-enum Target {
-    SqliteMemory,
-    SqliteFile(Box<SqliteConnectOptions>),
-    Postgres,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(Target::Postgres);
-        }
-        if !url.starts_with("sqlite:") {
-            return Err(DbError::Config(
-                "expected sqlite://PATH, sqlite::memory: or postgres://…".to_owned(),
-            ));
-        }
-        let rest = url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
-        if rest.starts_with(":memory:") || rest.contains("mode=memory") {
-            return Ok(Target::SqliteMemory);
-        }
-        let options = SqliteConnectOptions::from_str(url).map_err(DbError::from)?;
-        if options.get_filename().as_os_str().is_empty() {
-            return Err(DbError::Config("sqlite URL without a file path".to_owned()));
-        }
-        Ok(Target::SqliteFile(Box::new(options)))
-    }
-}
-
 impl Db {
     /// "sqlite://path/to/file.db" (created if missing, parent dirs too), "sqlite::memory:",
     /// "postgres://…"/"postgresql://…". Creates the schema.
-    pub async fn connect(url: &str) -> Result<Db> {
+    pub async fn connect(url: &DbUrl) -> Result<Db> {
         sqlx::any::install_default_drivers();
-        let (pool, backend) = match Target::parse(url)? {
-            Target::Postgres => {
+        let (pool, backend) = match url {
+            DbUrl::Postgres(url) => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(POSTGRES_MAX_CONNECTIONS)
                     .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -140,7 +110,7 @@ impl Db {
                     .map_err(connect_error)?;
                 (pool, Backend::Postgres)
             }
-            Target::SqliteMemory => {
+            DbUrl::SqliteMemory => {
                 // Every new connection to `:memory:` is a new, empty database, so the pool holds
                 // exactly one connection and never closes it.
                 let pool = sqlite_pool_options()
@@ -153,8 +123,9 @@ impl Db {
                     .map_err(connect_error)?;
                 (pool, Backend::Sqlite)
             }
-            Target::SqliteFile(options) => {
-                let options = prepare_sqlite_file(*options).await?;
+            DbUrl::SqliteFile(url) => {
+                let options = SqliteConnectOptions::from_str(url).map_err(DbError::from)?;
+                let options = prepare_sqlite_file(options).await?;
                 let pool = sqlite_pool_options()
                     .max_connections(SQLITE_MAX_CONNECTIONS)
                     .connect(options.to_url_lossy().as_str())
@@ -306,40 +277,25 @@ fn connect_error(error: sqlx::Error) -> DbError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_are_classified() {
+    #[tokio::test]
+    async fn urls_are_classified() {
+        let url = |s: &str| s.parse::<DbUrl>();
+        assert!(matches!(url("sqlite::memory:"), Ok(DbUrl::SqliteMemory)));
         assert!(matches!(
-            Target::parse("sqlite::memory:"),
-            Ok(Target::SqliteMemory)
+            url("sqlite://?mode=memory"),
+            Ok(DbUrl::SqliteMemory)
         ));
+        assert!(matches!(url("postgresql://u@h/db"), Ok(DbUrl::Postgres(_))));
+        assert!(matches!(url("postgres://h/db"), Ok(DbUrl::Postgres(_))));
         assert!(matches!(
-            Target::parse("sqlite://?mode=memory"),
-            Ok(Target::SqliteMemory)
+            url("sqlite://data/larder.db"),
+            Ok(DbUrl::SqliteFile(_))
         ));
-        assert!(matches!(
-            Target::parse("postgresql://u@h/db"),
-            Ok(Target::Postgres)
-        ));
-        assert!(matches!(
-            Target::parse("postgres://h/db"),
-            Ok(Target::Postgres)
-        ));
-        assert!(matches!(
-            Target::parse("sqlite://data/larder.db"),
-            Ok(Target::SqliteFile(_))
-        ));
-        assert!(matches!(
-            Target::parse("mysql://h/db"),
-            Err(DbError::Config(_))
-        ));
-        assert!(matches!(
-            Target::parse("sqlite://"),
-            Err(DbError::Config(_))
-        ));
-        assert!(matches!(
-            Target::parse("sqlite://x.db?journal=wal"),
-            Err(DbError::Config(_))
-        ));
+        assert!(url("mysql://h/db").is_err());
+        assert!(url("sqlite://").is_err());
+        // An option sqlx does not know is a config error when connecting.
+        let bad = url("sqlite://x.db?journal=wal").expect("a file URL");
+        assert!(matches!(Db::connect(&bad).await, Err(DbError::Config(_))));
     }
 
     async fn pragma(db: &Db, name: &str) -> String {
@@ -356,7 +312,7 @@ mod tests {
     async fn sqlite_file_is_wal_with_full_sync_in_a_new_subdir() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a/b/larder.db");
-        let db = Db::connect(&format!("sqlite://{}", path.display()))
+        let db = Db::connect(&DbUrl::sqlite_file(&path))
             .await
             .expect("connect");
         assert!(path.exists());
@@ -378,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_postgres_is_unavailable() {
         // Port 1 on loopback refuses connections.
-        let err = Db::connect("postgres://postgres@127.0.0.1:1/nope")
+        let err = Db::connect(&"postgres://postgres@127.0.0.1:1/nope".parse().expect("url"))
             .await
             .expect_err("no server");
         assert!(matches!(err, DbError::Unavailable(_)), "{err:?}");
@@ -387,7 +343,7 @@ mod tests {
     #[tokio::test]
     async fn newer_schema_version_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("v.db").display());
+        let url = DbUrl::sqlite_file(&dir.path().join("v.db"));
         let db = Db::connect(&url).await.expect("connect");
         sqlx::query("UPDATE schema_version SET version = $1")
             .bind(SCHEMA_VERSION + 1)

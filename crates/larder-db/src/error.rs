@@ -18,6 +18,12 @@ pub enum DbError {
     Query(String),
 }
 
+impl From<larder_url::UrlError> for DbError {
+    fn from(error: larder_url::UrlError) -> Self {
+        DbError::Config(error.0)
+    }
+}
+
 impl From<sqlx::Error> for DbError {
     fn from(error: sqlx::Error) -> Self {
         use sqlx::Error as E;

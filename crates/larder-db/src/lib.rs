@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> larder_db::Result<()> {
-//! let db = larder_db::Db::connect("sqlite://larder-data/larder.db").await?;
+//! let db = larder_db::Db::connect(&"sqlite://larder-data/larder.db".parse()?).await?;
 //! let created = db.register_category("이사 준비", Some("moving checklist"), Some("ko"), 0).await?;
 //! # let _ = created;
 //! # Ok(())
@@ -42,6 +42,7 @@ mod sql;
 
 pub use connect::Db;
 pub use error::{DbError, Result};
+pub use larder_url::DbUrl;
 pub use model::{
     Category, CategorySummary, Evaluation, FeedbackEvent, FeedbackKind, Item, ItemDetail,
     ItemStatus, NewItem, RankInput,

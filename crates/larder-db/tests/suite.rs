@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use larder_db::{
-    Db, DbError, Evaluation, FeedbackEvent, FeedbackKind, ItemStatus, NewItem, RankInput,
+    Db, DbError, DbUrl, Evaluation, FeedbackEvent, FeedbackKind, ItemStatus, NewItem, RankInput,
 };
 use larder_testkit::PostgresDb;
 use tempfile::TempDir;
@@ -20,7 +20,7 @@ enum Backend {
 /// A connected database plus whatever must outlive it (temp dir, PostgreSQL database).
 struct Harness {
     db: Db,
-    url: String,
+    url: DbUrl,
     // Dropped after `db` (field order): the pool goes before its file or database.
     _dir: Option<TempDir>,
     _pg: Option<PostgresDb>,
@@ -39,6 +39,7 @@ async fn open(backend: Backend) -> Harness {
             (pg.url(), None, Some(pg))
         }
     };
+    let url: DbUrl = url.parse().expect("db url");
     let db = Db::connect(&url).await.expect("connect");
     Harness {
         db,
@@ -668,6 +669,7 @@ async fn concurrent_first_connects(backend: Backend) {
         }
         Backend::SqliteMemory => unreachable!("every :memory: connect is a new database"),
     };
+    let url: DbUrl = url.parse().expect("db url");
     let mut tasks = JoinSet::new();
     for n in 0..6 {
         let url = url.clone();

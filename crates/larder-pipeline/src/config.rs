@@ -1,13 +1,16 @@
 //! `[pipeline]` of Larder's config: providers, the four stages, which of them this process
 //! runs, the broker, and the example categories seeded on an empty DB.
 
+use larder_categories::SeedCategory;
 use larder_providers::{Latency, ProviderConfig, ProviderKind};
+use larder_url::BrokerUrl;
 use serde::{Deserialize, Serialize};
 
 use crate::job::StageKind;
 use crate::stages::{
     evaluate::EvaluateConfig, filter::FilterConfig, generate::GenerateConfig, rank::RankConfig,
 };
+use crate::text::TextRules;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,12 +22,14 @@ pub struct PipelineConfig {
     pub filter: FilterConfig,
     pub evaluate: EvaluateConfig,
     pub rank: RankConfig,
+    /// Text rules the filter and rank stages share (near-duplicate threshold).
+    pub text: TextRules,
     /// Stages `larder serve` runs in-process. Empty when `larder worker` processes run them.
     pub stages: Vec<StageKind>,
     /// `memory` (in-process channels), `redis` (Redis Streams on the `--store` Redis), a
     /// `redis://…`/`redis-cluster://…` URL, or `auto`: memory on the embedded store, Redis
     /// Streams on a Redis store.
-    pub broker: String,
+    pub broker: BrokerUrl,
     /// A message not acknowledged for this long (a killed worker) is handed to another worker.
     pub claim_idle_ms: u64,
     /// After this many deliveries a message goes to the dead-letter stream.
@@ -37,16 +42,6 @@ pub struct PipelineConfig {
     /// Run the stages `larder serve` hosts in the OS's idle scheduling class, so that
     /// pipeline work only uses CPU time serving leaves free.
     pub idle_priority: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SeedCategory {
-    pub name: String,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub locale: Option<String>,
 }
 
 fn simulated(name: &str, model: &str, seed: u64) -> ProviderConfig {
@@ -84,8 +79,9 @@ impl Default for PipelineConfig {
             filter: FilterConfig::default(),
             evaluate: EvaluateConfig::default(),
             rank: RankConfig::default(),
+            text: TextRules::default(),
             stages: StageKind::ALL.to_vec(),
-            broker: "auto".into(),
+            broker: BrokerUrl::Auto,
             idle_priority: true,
             claim_idle_ms: 30_000,
             max_deliveries: 5,

@@ -8,10 +8,10 @@
 //! - [`stage`]: the [`stage::Stage`] trait every stage implements, and its [`stage::Deps`].
 //! - [`stages`]: one file per stage, each `XConfig` + `build()` + `process` + tests.
 //! - [`text`]: text checks of the filter (normalization, script, near duplicates, injection).
-//! - [`view`]: the serving view and the ranking math (Beta posteriors, Thompson sampling).
 //! - [`runner`]: builds stages from config and runs them on a broker, in-process
 //!   ([`runner::PipelineHost`], its own runtime) or one per worker process.
-//! - [`queue`]: what the API uses to queue generation and re-ranking.
+//! - [`queue`]: the broker side of [`larder_categories::Jobs`]: how the category domain
+//!   queues generation and re-ranking.
 //! - [`config`]: `[pipeline]` of the config file.
 //! - [`names`]: metric names.
 
@@ -23,7 +23,6 @@ pub mod runner;
 pub mod stage;
 pub mod stages;
 pub mod text;
-pub mod view;
 
 #[cfg(test)]
 mod testing;
@@ -31,30 +30,36 @@ mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{PipelineConfig, SeedCategory};
+use larder_store::StoreUrl;
+use larder_url::BrokerUrl;
+
+pub use config::PipelineConfig;
 pub use job::{Job, StageKind};
+pub use larder_categories::SeedCategory;
 pub use queue::Queue;
 pub use stage::{Deps, Stage, StageError};
 
 /// Open the broker `config.broker` names for a store at `store_url`.
 pub async fn open_broker(
     config: &PipelineConfig,
-    store_url: &str,
+    store_url: &StoreUrl,
 ) -> Result<Arc<dyn larder_broker::Broker>, larder_broker::BrokerError> {
     let options = larder_broker::BrokerOptions {
         claim_idle: Duration::from_millis(config.claim_idle_ms),
         max_deliveries: config.max_deliveries,
         ..Default::default()
     };
-    let redis_store = store_url.starts_with("redis");
-    match config.broker.as_str() {
-        "memory" => Ok(larder_broker::memory(options)),
-        "auto" if !redis_store => Ok(larder_broker::memory(options)),
-        "auto" | "redis" if redis_store => larder_broker::redis(store_url, options).await,
-        "redis" => Err(larder_broker::BrokerError::Config(
+    match (&config.broker, store_url) {
+        (BrokerUrl::Memory, _) | (BrokerUrl::Auto, StoreUrl::Embedded) => {
+            Ok(larder_broker::memory(options))
+        }
+        (BrokerUrl::Auto | BrokerUrl::StoreRedis, StoreUrl::Redis(url)) => {
+            larder_broker::redis(url, options).await
+        }
+        (BrokerUrl::StoreRedis, StoreUrl::Embedded) => Err(larder_broker::BrokerError::Config(
             "pipeline.broker = \"redis\" needs a Redis --store (or give the broker a redis:// URL)"
                 .into(),
         )),
-        url => larder_broker::redis(url, options).await,
+        (BrokerUrl::Redis(url), _) => larder_broker::redis(url, options).await,
     }
 }

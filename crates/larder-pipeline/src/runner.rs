@@ -44,6 +44,7 @@ pub fn build_stages(
     deps: &Deps,
     kinds: &[StageKind],
 ) -> Result<Vec<Arc<dyn Stage>>, StageError> {
+    deps.text.check().map_err(StageError::Config)?;
     kinds
         .iter()
         .map(|kind| -> Result<Arc<dyn Stage>, StageError> {
@@ -51,12 +52,7 @@ pub fn build_stages(
                 StageKind::Generate => Arc::new(config.generate.build(deps)?),
                 StageKind::Filter => Arc::new(config.filter.build(deps)?),
                 StageKind::Evaluate => Arc::new(config.evaluate.build(deps)?),
-                StageKind::Rank => Arc::new(
-                    config
-                        .rank
-                        .build(deps)?
-                        .with_near_duplicate(config.filter.near_duplicate),
-                ),
+                StageKind::Rank => Arc::new(config.rank.build(deps)?),
             })
         })
         .collect()

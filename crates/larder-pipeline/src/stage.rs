@@ -6,18 +6,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use larder_categories::Generations;
 use larder_db::Db;
 use larder_providers::Provider;
 use larder_store::Store;
 
 use crate::job::{Job, StageKind};
+use crate::text::TextRules;
 
-/// What stages may use: the main DB, the serving store and the configured providers.
+/// What stages may use: the main DB, the serving store, the configured providers, the text
+/// rules several stages share, and the generation claims (the rank stage's refill).
 #[derive(Clone)]
 pub struct Deps {
     pub db: Db,
     pub store: Arc<dyn Store>,
     pub providers: HashMap<String, Arc<dyn Provider>>,
+    pub text: TextRules,
+    pub generations: Generations,
 }
 
 impl Deps {
@@ -50,6 +55,9 @@ pub enum StageError {
     Db(#[from] larder_db::DbError),
     #[error(transparent)]
     Store(#[from] larder_store::StoreError),
+    /// Claiming or queueing follow-up work failed (the broker is unreachable).
+    #[error(transparent)]
+    Categories(#[from] larder_categories::CategoriesError),
     /// Every provider call of the job failed; the job should be retried later.
     #[error("providers failed: {0}")]
     Providers(String),
@@ -66,13 +74,7 @@ pub trait Stage: Send + Sync + 'static {
     async fn process(&self, job: Job) -> Result<Vec<Job>, StageError>;
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use larder_categories::now_ms;
 
 /// The locale to generate and check a category in: the configured one, else Korean when the
 /// name has Hangul, else English.

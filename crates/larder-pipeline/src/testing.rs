@@ -1,18 +1,31 @@
-//! Test support for the stages' unit tests: an in-memory DB and store, and the default
-//! simulated providers without latency. (Redis-backed runs are in `tests/`.)
+//! Test support for the stages' unit tests: an in-memory DB and store, the default simulated
+//! providers without latency, and an in-memory broker for the jobs stages queue themselves
+//! (the rank stage's refill). (Redis-backed runs are in `tests/`.)
 
+use std::sync::Arc;
+
+use larder_broker::Broker;
+use larder_categories::Generations;
 use larder_db::{Db, ItemStatus, NewItem};
 use larder_store::StoreOptions;
 
 use crate::config::PipelineConfig;
+use crate::queue::Queue;
 use crate::runner::build_providers;
 use crate::stage::Deps;
 use crate::text;
 
 pub async fn deps() -> Deps {
-    let db = Db::connect("sqlite::memory:").await.expect("memory DB");
+    deps_on(larder_broker::memory(Default::default())).await
+}
+
+/// [`deps`] whose generation claims queue their jobs on `broker`.
+pub async fn deps_on(broker: Arc<dyn Broker>) -> Deps {
+    let db = Db::connect(&larder_url::DbUrl::SqliteMemory)
+        .await
+        .expect("memory DB");
     let store = larder_store::open(
-        "embedded",
+        &larder_store::StoreUrl::Embedded,
         &StoreOptions {
             ephemeral: true,
             ..Default::default()
@@ -22,10 +35,13 @@ pub async fn deps() -> Deps {
     .expect("memory store");
     let providers = build_providers(&PipelineConfig::default().without_latency().providers)
         .expect("providers build");
+    let cooldown = PipelineConfig::default().generation_cooldown_ms;
     Deps {
+        generations: Generations::new(db.clone(), Arc::new(Queue::new(broker)), cooldown),
         db,
         store,
         providers,
+        text: Default::default(),
     }
 }
 

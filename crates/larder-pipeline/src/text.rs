@@ -1,5 +1,7 @@
-//! Pure text checks used by the filter stage: canonical form, stable item ids, length and
-//! locale checks, near-duplicate detection, and prompt-injection / banned-word screening.
+//! The text rules every stage shares: canonical form, stable item ids, length and locale
+//! checks, near-duplicate detection ([`TextRules`] holds its threshold, which the filter and
+//! rank stages both judge "the same item" by), prompt-injection / banned-word screening, and
+//! reading model answers that come inside Markdown code fences ([`strip_fence`]).
 //!
 //! Everything here is synchronous and free of I/O, so the filter stage can call it per
 //! generated item without touching the runtime. All hashes are fixed algorithms (SHA-256,
@@ -19,6 +21,48 @@ const MAX_NORMALIZE_PASSES: usize = 4;
 const LATIN_SHINGLE: usize = 3;
 /// Shingle width for Hangul/Han/Kana, where one syllable or ideograph carries about a word-part.
 const CJK_SHINGLE: usize = 2;
+
+/// Settings of the text rules more than one stage applies (`[pipeline.text]`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextRules {
+    /// Character n-gram Jaccard similarity at or above which two items are the same item: the
+    /// filter drops such an item, and rank retires the worse of two that reached the pool.
+    pub near_duplicate: f64,
+}
+
+impl Default for TextRules {
+    fn default() -> Self {
+        TextRules {
+            near_duplicate: 0.6,
+        }
+    }
+}
+
+impl TextRules {
+    /// The rules, or a message naming what is out of range.
+    pub fn check(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.near_duplicate) {
+            return Err(format!(
+                "pipeline.text.near_duplicate must be in 0..=1, got {}",
+                self.near_duplicate
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The JSON inside a Markdown code fence, or the trimmed text when there is none (models add
+/// fences even in JSON mode).
+pub fn strip_fence(content: &str) -> &str {
+    let trimmed = content.trim();
+    trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .map(str::trim)
+        .unwrap_or(trimmed)
+}
 
 /// Canonical form for dedup and ids: NFKC, lowercase, strip punctuation/symbols and emoji,
 /// collapse whitespace to single spaces, trim. Korean survives: NFKC keeps precomposed Hangul

@@ -102,12 +102,16 @@ impl From<larder_db::DbError> for ApiError {
     }
 }
 
-impl From<larder_pipeline::queue::QueueError> for ApiError {
-    fn from(error: larder_pipeline::queue::QueueError) -> Self {
-        use larder_pipeline::queue::QueueError;
+impl From<larder_categories::CategoriesError> for ApiError {
+    fn from(error: larder_categories::CategoriesError) -> Self {
+        use larder_categories::CategoriesError;
         match error {
-            QueueError::Db(e) => e.into(),
-            QueueError::Broker(e) => ApiError::Unavailable(format!("pipeline queue: {e}")),
+            CategoriesError::BadRequest(m) => ApiError::BadRequest(m),
+            CategoriesError::TooLarge(m) => ApiError::TooLarge(m),
+            CategoriesError::NotFound(m) => ApiError::NotFound(m),
+            CategoriesError::Db(e) => e.into(),
+            CategoriesError::Store(e) => e.into(),
+            CategoriesError::Queue(e) => ApiError::Unavailable(format!("pipeline queue: {e}")),
         }
     }
 }

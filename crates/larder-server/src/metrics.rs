@@ -16,8 +16,6 @@ pub mod names {
     pub const DEGRADED: &str = "larder_lookup_degraded_total";
     pub const BREAKER_OPEN: &str = "larder_breaker_open";
     pub const SCHEMA_CACHE: &str = "larder_schema_cache_total";
-    /// Category serving-view cache lookups, by `result` (`hit` | `miss`).
-    pub const VIEW_CACHE: &str = "larder_view_cache_total";
 }
 
 /// The global recorder is installed once per process (tests start many servers in one

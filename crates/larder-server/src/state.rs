@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use larder_categories::Categories;
 use larder_store::{NamespaceSchema, Store};
 
 use crate::breaker::Breaker;
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::names;
@@ -18,22 +18,18 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub schemas: Arc<SchemaCache>,
     pub breaker: Arc<Breaker>,
-    pub catalog: Arc<Catalog>,
+    pub categories: Arc<Categories>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: Config, catalog: Arc<Catalog>) -> Self {
+    pub fn new(store: Arc<dyn Store>, config: Config, categories: Arc<Categories>) -> Self {
         AppState {
-            catalog,
+            categories,
             breaker: Arc::new(Breaker::new(&config.breaker)),
             schemas: Arc::new(SchemaCache::default()),
             config: Arc::new(config),
             store,
         }
-    }
-
-    pub fn catalog(&self) -> ApiResult<&Arc<Catalog>> {
-        Ok(&self.catalog)
     }
 
     /// The namespace's schema, or `404 not_found`.

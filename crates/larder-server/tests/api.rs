@@ -383,7 +383,7 @@ async fn contract_on_redis_cluster() {
 async fn degraded_while_redis_is_down_and_back_after_restart() {
     let mut redis = RedisServer::start();
     let mut config = Config {
-        store: redis.url(),
+        store: redis.url().parse().expect("store URL"),
         ..Config::default()
     };
     config.timeouts.lookup_ms = 300;

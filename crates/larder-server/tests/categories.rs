@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{assert_error, TestServer};
-use larder_pipeline::PipelineConfig;
 use larder_server::config::Config;
+use larder_server::config::PipelineConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -675,7 +675,7 @@ async fn a_burst_of_selections_moves_the_last_item_to_the_top() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_queues_known_categories_only() {
+async fn refresh_answers_202_queues_at_most_once_a_second_and_registers_unknown_categories() {
     let s = server().await;
     let (status, _) = s.put(&category("travel packing"), json!({})).await;
     assert_eq!(status, StatusCode::CREATED);
@@ -698,10 +698,24 @@ async fn refresh_queues_known_categories_only() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(
+        body["queued"], true,
+        "a new category is generated at once: {body}"
+    );
     assert!(
         summary(&s, "no such category").await.is_some(),
         "refresh registers"
     );
+    // A client looping on refresh cannot flood the providers: at most one a second.
+    let (status, body) = s
+        .send(
+            Method::POST,
+            &format!("{}/refresh", category("no such category")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["queued"], false, "{body}");
     s.stop().await;
 }
 

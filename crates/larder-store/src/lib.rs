@@ -14,7 +14,7 @@
 //! - [`metered`]: a wrapper that times every store call for `/metrics`.
 //! - `invalidation`: the in-process fan-out of "a category's serving view changed"
 //!   announcements ([`Invalidation`]) that every backend feeds.
-//! - [`open`]: builds a store from a `--store` URL.
+//! - [`open`]: builds a store from a typed [`StoreUrl`] (parsed in `larder-url`, re-exported here).
 
 pub mod backup;
 pub mod codec;
@@ -37,6 +37,7 @@ pub use backup::{Backed, BackedOptions, Backup};
 pub use codec::Dtype;
 pub use error::{Result, StoreError};
 pub use invalidation::Invalidation;
+pub use larder_url::{ClusterUrl, DbUrl, RedisUrl, StoreUrl, UrlError};
 pub use schema::{FieldSpec, NamespaceSchema};
 
 /// Fields of one entity to merge into the store: `(field name, stored bytes)`.
@@ -150,7 +151,7 @@ pub struct StoreOptions {
     /// How a cluster batch is sent (see [`redis_backend::ClusterBatch`]).
     pub cluster_batch: redis_backend::ClusterBatch,
     /// The backup DB every write goes to as well (`postgres://…`, `sqlite://FILE`), if any.
-    pub backup: Option<String>,
+    pub backup: Option<DbUrl>,
     /// How the dual write and its replay behave.
     pub backed: backup::BackedOptions,
 }
@@ -170,10 +171,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// Open the store named by a `--store` value: `embedded`, `redis://…`, `rediss://…`,
-/// `redis-cluster://h:p,h:p` or `rediss-cluster://…`, dual-writing to `options.backup` when
-/// one is given. Every store comes wrapped in [`metered::Metered`].
-pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+/// Open the store `url` names, dual-writing to `options.backup` when one is given. Every store
+/// comes wrapped in [`metered::Metered`].
+pub async fn open(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let raw = open_raw(url, options).await?;
     Ok(match &options.backup {
         Some(backup) => Arc::new(metered::Metered::new(Arc::new(
@@ -184,21 +184,18 @@ pub async fn open(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
 }
 
 /// The store alone, without the backup and unmetered (`larder restore` writes through this).
-pub async fn open_raw(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = if url == "embedded" {
-        Arc::new(if options.ephemeral {
+pub async fn open_raw(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn Store>> {
+    Ok(match url {
+        StoreUrl::Embedded => Arc::new(if options.ephemeral {
             embedded::EmbeddedStore::in_memory()?
         } else {
             embedded::EmbeddedStore::open(&options.data_dir)?
-        })
-    } else if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
-        Arc::new(redis_backend::RedisStore::connect_cluster(url, options).await?)
-    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Arc::new(redis_backend::RedisStore::connect(url, options).await?)
-    } else {
-        return Err(StoreError::Config(format!(
-            "unknown store {url:?}: expected embedded, redis://, rediss://, redis-cluster:// or rediss-cluster://"
-        )));
-    };
-    Ok(store)
+        }),
+        StoreUrl::Redis(RedisUrl::Cluster(cluster)) => {
+            Arc::new(redis_backend::RedisStore::connect_cluster(cluster, options).await?)
+        }
+        StoreUrl::Redis(RedisUrl::Single(url)) => {
+            Arc::new(redis_backend::RedisStore::connect(url, options).await?)
+        }
+    })
 }

@@ -38,7 +38,7 @@ fn backups() -> Vec<BackupDb> {
 
 fn options(backup: &str) -> StoreOptions {
     StoreOptions {
-        backup: Some(backup.to_owned()),
+        backup: Some(backup.parse().expect("backup URL")),
         backed: BackedOptions {
             write_timeout: Duration::from_millis(300),
             ..BackedOptions::default()
@@ -107,7 +107,9 @@ async fn snapshot(
 /// Wait until the backup has nothing left to replay (counted in the DB itself, not the
 /// replay task's last count).
 async fn drained(url: &str) {
-    let backup = Backup::connect(url).await.expect("backup");
+    let backup = Backup::connect(&url.parse().expect("backup URL"))
+        .await
+        .expect("backup");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let backlog = backup.backlog().await.expect("backlog");
@@ -126,9 +128,12 @@ async fn drained(url: &str) {
 async fn flushall_then_restore_brings_every_entity_back_byte_equal() {
     for backup in backups() {
         let redis = RedisServer::start();
-        let store = larder_store::open(&redis.url(), &options(&backup.url()))
-            .await
-            .expect("open");
+        let store = larder_store::open(
+            &redis.url().parse().expect("store URL"),
+            &options(&backup.url()),
+        )
+        .await
+        .expect("open");
         store
             .put_schema("users", &schema(None))
             .await
@@ -186,10 +191,15 @@ async fn flushall_then_restore_brings_every_entity_back_byte_equal() {
             .expect("get")
             .is_none());
 
-        let raw = larder_store::open_raw(&redis.url(), &StoreOptions::default())
+        let raw = larder_store::open_raw(
+            &redis.url().parse().expect("store URL"),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("open raw");
+        let backup_db = Backup::connect(&backup.url().parse().expect("backup URL"))
             .await
-            .expect("open raw");
-        let backup_db = Backup::connect(&backup.url()).await.expect("backup");
+            .expect("backup");
         let mut seen = 0;
         let restored = restore(&backup_db, raw.as_ref(), None, |n| seen = n)
             .await
@@ -219,9 +229,12 @@ async fn flushall_then_restore_brings_every_entity_back_byte_equal() {
 async fn writes_redis_cannot_take_are_queued_and_replayed_in_order() {
     for backup in backups() {
         let redis = RedisServer::start();
-        let store = larder_store::open(&redis.url(), &options(&backup.url()))
-            .await
-            .expect("open");
+        let store = larder_store::open(
+            &redis.url().parse().expect("store URL"),
+            &options(&backup.url()),
+        )
+        .await
+        .expect("open");
         store
             .put_schema("users", &schema(None))
             .await
@@ -274,7 +287,7 @@ async fn writes_redis_cannot_take_are_queued_and_replayed_in_order() {
             paused.elapsed() < Duration::from_millis(2500),
             "the writes did not wait for Redis"
         );
-        let queued = Backup::connect(&backup.url())
+        let queued = Backup::connect(&backup.url().parse().expect("backup URL"))
             .await
             .expect("backup")
             .backlog()
@@ -316,7 +329,7 @@ async fn the_replay_queue_survives_a_restart() {
     for backup in backups() {
         let redis = RedisServer::start();
         let url = backup.url();
-        let first = larder_store::open(&redis.url(), &options(&url))
+        let first = larder_store::open(&redis.url().parse().expect("store URL"), &options(&url))
             .await
             .expect("open");
         first
@@ -332,15 +345,18 @@ async fn the_replay_queue_survives_a_restart() {
         // The server stops before Redis answers again: its replay task goes with it.
         drop(first);
         tokio::time::sleep(Duration::from_millis(1700)).await;
-        let raw = larder_store::open_raw(&redis.url(), &StoreOptions::default())
-            .await
-            .expect("raw");
+        let raw = larder_store::open_raw(
+            &redis.url().parse().expect("store URL"),
+            &StoreOptions::default(),
+        )
+        .await
+        .expect("raw");
         assert!(
             raw.get_entity("users", "k").await.expect("get").is_none(),
             "not applied yet"
         );
 
-        let _second = larder_store::open(&redis.url(), &options(&url))
+        let _second = larder_store::open(&redis.url().parse().expect("store URL"), &options(&url))
             .await
             .expect("reopen");
         drained(&url).await;
@@ -355,9 +371,12 @@ async fn the_replay_queue_survives_a_restart() {
 async fn writes_are_refused_while_the_backup_is_down_and_reads_carry_on() {
     let pg = PostgresDb::start_private();
     let redis = RedisServer::start();
-    let store = larder_store::open(&redis.url(), &options(&pg.url()))
-        .await
-        .expect("open");
+    let store = larder_store::open(
+        &redis.url().parse().expect("store URL"),
+        &options(&pg.url()),
+    )
+    .await
+    .expect("open");
     store
         .put_schema("users", &schema(None))
         .await
@@ -419,12 +438,18 @@ async fn concurrent_writers_of_one_key_leave_the_last_committed_write_in_redis()
     for backup in backups() {
         let redis = RedisServer::start();
         // Two servers sharing one Redis and one backup.
-        let a = larder_store::open(&redis.url(), &options(&backup.url()))
-            .await
-            .expect("a");
-        let b = larder_store::open(&redis.url(), &options(&backup.url()))
-            .await
-            .expect("b");
+        let a = larder_store::open(
+            &redis.url().parse().expect("store URL"),
+            &options(&backup.url()),
+        )
+        .await
+        .expect("a");
+        let b = larder_store::open(
+            &redis.url().parse().expect("store URL"),
+            &options(&backup.url()),
+        )
+        .await
+        .expect("b");
         a.put_schema("users", &schema(None)).await.expect("schema");
         let write = |store: Arc<dyn Store>, seed: u64| async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -438,7 +463,9 @@ async fn concurrent_writers_of_one_key_leave_the_last_committed_write_in_redis()
         };
         tokio::join!(write(a.clone(), 1), write(b.clone(), 2));
         drained(&backup.url()).await;
-        let backup_db = Backup::connect(&backup.url()).await.expect("backup");
+        let backup_db = Backup::connect(&backup.url().parse().expect("backup URL"))
+            .await
+            .expect("backup");
         let mut batches = backup_db.entities(Some("users".into()), 10);
         let batch = batches.recv().await.expect("one batch").expect("read");
         let (_, last) = batch

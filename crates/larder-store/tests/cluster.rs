@@ -12,9 +12,12 @@ use larder_store::{EntityWrite, FieldSpec, Invalidation, NamespaceSchema, Store,
 use larder_testkit::{command_calls, RedisCluster};
 
 async fn loaded(cluster: &RedisCluster, n: usize) -> (RedisStore, Vec<String>) {
-    let store = RedisStore::connect_cluster(&cluster.url(), &StoreOptions::default())
-        .await
-        .expect("open cluster store");
+    let store = RedisStore::connect_cluster(
+        &cluster.url().parse().expect("cluster URL"),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("open cluster store");
     let schema = NamespaceSchema {
         fields: BTreeMap::from([(
             "v".to_owned(),
@@ -276,12 +279,14 @@ fn subscribed_nodes(cluster: &RedisCluster) -> Vec<u16> {
 async fn invalidations_move_to_another_node_when_theirs_dies() {
     let mut cluster = RedisCluster::start();
     let options = StoreOptions::default();
-    let writer = RedisStore::connect_cluster(&cluster.url(), &options)
-        .await
-        .expect("writer");
-    let listener = RedisStore::connect_cluster(&cluster.url(), &options)
-        .await
-        .expect("listener");
+    let writer =
+        RedisStore::connect_cluster(&cluster.url().parse().expect("cluster URL"), &options)
+            .await
+            .expect("writer");
+    let listener =
+        RedisStore::connect_cluster(&cluster.url().parse().expect("cluster URL"), &options)
+            .await
+            .expect("listener");
     let mut heard = listener.invalidations().await.expect("subscribe");
 
     writer.put_view("이전", b"1").await.expect("put");

@@ -270,7 +270,9 @@ async fn views(writer: &dyn Store, listener: &dyn Store) {
 }
 
 async fn open(url: &str, options: &StoreOptions) -> Arc<dyn Store> {
-    larder_store::open(url, options).await.expect("open store")
+    larder_store::open(&url.parse().expect("store URL"), options)
+        .await
+        .expect("open store")
 }
 
 #[tokio::test]
@@ -376,9 +378,11 @@ async fn redis_with_auth() {
     )
     .await;
     let wrong = format!("redis://:wrong@127.0.0.1:{}", server.port());
-    assert!(larder_store::open(&wrong, &StoreOptions::default())
-        .await
-        .is_err());
+    assert!(
+        larder_store::open(&wrong.parse().expect("store URL"), &StoreOptions::default())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

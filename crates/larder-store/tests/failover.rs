@@ -132,10 +132,10 @@ async fn loaded(cluster: &RedisCluster, backup: Option<String>) -> Arc<dyn Store
     let options = StoreOptions {
         connect_timeout: DEADLINE,
         response_timeout: DEADLINE,
-        backup,
+        backup: backup.map(|b| b.parse().expect("backup URL")),
         ..StoreOptions::default()
     };
-    let store = larder_store::open(&cluster.url(), &options)
+    let store = larder_store::open(&cluster.url().parse().expect("store URL"), &options)
         .await
         .expect("open cluster store");
     let schema = NamespaceSchema {
@@ -277,7 +277,9 @@ async fn with_a_backup_a_primary_kill_refuses_and_loses_no_write() {
     let pg = PostgresDb::start_private();
     let mut cluster = RedisCluster::start();
     let store = loaded(&cluster, Some(pg.url())).await;
-    let backup = Backup::connect(&pg.url()).await.expect("backup");
+    let backup = Backup::connect(&pg.url().parse().expect("backup URL"))
+        .await
+        .expect("backup");
     for run in 0..runs() {
         let load = Load::start(store.clone());
         tokio::time::sleep(Duration::from_secs(2)).await;

@@ -1,6 +1,7 @@
 //! # larder-testkit
 //!
-//! Dev-only test support for Larder: start **real** `redis-server` processes — a standalone
+//! Test support for Larder (and for its self-contained benches, which share [`support`]):
+//! start **real** `redis-server` processes — a standalone
 //! server ([`RedisServer`]) or a 3-primary / 3-replica Redis Cluster ([`RedisCluster`]) — on
 //! free loopback ports, each with its own temp dir, and kill them (SIGKILL + wait) on drop, also
 //! when the test panics.
@@ -38,6 +39,7 @@ pub mod ports;
 mod postgres;
 mod process;
 mod server;
+pub mod support;
 pub mod topology;
 
 pub use cluster::RedisCluster;

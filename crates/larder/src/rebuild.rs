@@ -3,14 +3,13 @@
 //! (one mechanism, so a rebuilt view is exactly what the pipeline would have written), but
 //! queues nothing: refills stay the running pipeline's business.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use larder_app::{App, AppError, Config, Overrides};
 use larder_pipeline::job::RankJob;
-use larder_pipeline::{Job, Stage, StageKind};
-use larder_server::config::{Config, Overrides};
+use larder_pipeline::{Job, StageKind};
 
 #[derive(Args)]
 pub struct RebuildArgs {
@@ -44,7 +43,7 @@ pub async fn run(args: RebuildArgs) -> i32 {
             return 2;
         }
     };
-    match rebuild(&config, args.category).await {
+    match rebuild(config, args.category).await {
         Ok(n) => {
             println!("rebuilt {n} serving views");
             0
@@ -56,38 +55,40 @@ pub async fn run(args: RebuildArgs) -> i32 {
     }
 }
 
-async fn rebuild(config: &Config, only: Vec<String>) -> Result<usize, String> {
-    let store = larder_server::open_store(config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let db = larder_server::open_db(config)
-        .await
-        .map_err(|e| e.to_string())?;
+#[derive(Debug, thiserror::Error)]
+enum RebuildError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Db(#[from] larder_db::DbError),
+    #[error("category {category:?}: {source}")]
+    Category {
+        category: String,
+        source: larder_pipeline::StageError,
+    },
+}
+
+async fn rebuild(mut config: Config, only: Vec<String>) -> Result<usize, RebuildError> {
+    // pool_target 0: no refill claims, which would otherwise hold back the real pipeline.
+    config.pipeline.rank.pool_target = 0;
+    let app = App::open(config).await?;
     let categories: Vec<String> = if only.is_empty() {
-        db.categories()
-            .await
-            .map_err(|e| e.to_string())?
+        app.db
+            .categories()
+            .await?
             .into_iter()
             .map(|c| c.name)
             .collect()
     } else {
         only
     };
-    let deps = larder_pipeline::Deps {
-        db,
-        store,
-        providers: HashMap::new(),
-    };
-    // pool_target 0: no refill claims, which would otherwise hold back the real pipeline.
-    let rank_config = larder_pipeline::stages::rank::RankConfig {
-        pool_target: 0,
-        ..config.pipeline.rank.clone()
-    };
-    let rank = rank_config
-        .build(&deps)
-        .map_err(|e| e.to_string())?
-        .with_near_duplicate(config.pipeline.filter.near_duplicate);
-    debug_assert_eq!(rank.kind(), StageKind::Rank);
+    // The rank stage's own computation: a rebuilt view is exactly what the pipeline writes.
+    let rank = app
+        .stages(&[StageKind::Rank])?
+        .pop()
+        .ok_or(AppError::Pipeline(larder_pipeline::StageError::Config(
+            "no rank stage built".into(),
+        )))?;
     let bar = ProgressBar::new(categories.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} categories {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -99,7 +100,10 @@ async fn rebuild(config: &Config, only: Vec<String>) -> Result<usize, String> {
             activate: Vec::new(),
         }))
         .await
-        .map_err(|e| format!("category {category:?}: {e}"))?;
+        .map_err(|source| RebuildError::Category {
+            category: category.clone(),
+            source,
+        })?;
         bar.inc(1);
     }
     bar.finish_with_message("done");

@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use larder_server::config::{Config, Overrides};
+use larder_app::{open, AppError, Config, Overrides};
 use larder_store::schema::valid_name;
-use larder_store::Backup;
 
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -45,7 +44,7 @@ pub async fn run(args: RestoreArgs) -> i32 {
             return 2;
         }
     };
-    if config.backup.is_empty() {
+    if config.backup.is_none() {
         eprintln!("error: --backup: restore reads the backup; give --backup URL, LARDER_BACKUP or backup in the config file");
         return 2;
     }
@@ -70,13 +69,20 @@ pub async fn run(args: RestoreArgs) -> i32 {
     }
 }
 
-async fn restore(
-    config: &Config,
-    ns: Option<&str>,
-) -> Result<(u64, f64), larder_store::StoreError> {
+#[derive(Debug, thiserror::Error)]
+enum RestoreError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Store(#[from] larder_store::StoreError),
+    #[error("--backup: restore reads the backup; none is configured")]
+    NoBackup,
+}
+
+async fn restore(config: &Config, ns: Option<&str>) -> Result<(u64, f64), RestoreError> {
     // The store alone: what is restored comes from the backup and must not be written back.
-    let store = larder_store::open_raw(&config.store, &config.store_options()).await?;
-    let backup = Backup::connect(&config.backup).await?;
+    let store = open::raw_store(config).await?;
+    let backup = open::backup(config).await?.ok_or(RestoreError::NoBackup)?;
     let total = backup.count(ns).await?;
     let bar = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} entities, {per_sec}, eta {eta}")

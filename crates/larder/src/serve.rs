@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use larder_server::config::{Config, Overrides};
+use larder_app::{Config, Overrides};
 
 #[derive(Args)]
 pub struct ServeArgs {

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use clap::Args;
-use larder_pipeline::StageKind;
-use larder_server::config::{Config, Overrides};
+use larder_app::{App, AppError, Config, Overrides};
+use larder_pipeline::{StageError, StageKind};
 
 #[derive(Args)]
 pub struct WorkerArgs {
@@ -56,7 +56,7 @@ pub async fn run(args: WorkerArgs) -> i32 {
             return 2;
         }
     };
-    if config.db.is_empty() {
+    if config.db.is_none() {
         // The default (a SQLite file in the local data dir) is the server's only on the same
         // host and directory; a worker that silently used another DB would drop every job.
         eprintln!("error: --db: a worker needs the main DB the server uses (sqlite://FILE or postgres://…); set --db, LARDER_DB or db in the config file");
@@ -87,35 +87,43 @@ pub async fn run(args: WorkerArgs) -> i32 {
     }
 }
 
-async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<(), String> {
+#[derive(Debug, thiserror::Error)]
+enum WorkerError {
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error("a worker needs a shared broker: run it with --store redis://… (or redis-cluster://…), or set pipeline.broker to a Redis URL")]
+    MemoryBroker,
+    #[error("--listen: cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("ops server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<(), WorkerError> {
     larder_server::metrics::handle();
-    let store = larder_server::open_store(&config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let db = larder_server::open_db(&config)
-        .await
-        .map_err(|e| e.to_string())?;
-    let broker = larder_pipeline::open_broker(&config.pipeline, &config.store)
-        .await
-        .map_err(|e| format!("cannot open the broker: {e}"))?;
-    if broker.kind() == "memory" {
-        return Err("a worker needs a shared broker: run it with --store redis://… (or redis-cluster://…), or set pipeline.broker to a Redis URL".into());
+    let app = App::open(config).await?;
+    if app.broker.kind() == "memory" {
+        return Err(WorkerError::MemoryBroker);
     }
-    let providers = larder_pipeline::runner::build_providers(&config.pipeline.providers)
-        .map_err(|e| e.to_string())?;
-    let deps = larder_pipeline::Deps {
-        db: db.clone(),
-        store: store.clone(),
-        providers,
-    };
-    let mut stages = larder_pipeline::runner::build_stages(&config.pipeline, &deps, &[stage])
-        .map_err(|e| e.to_string())?;
-    let stage_impl = stages.pop().ok_or("no stage built")?;
+    let stage_impl = app
+        .stages(&[stage])?
+        .pop()
+        .ok_or(WorkerError::App(AppError::Pipeline(StageError::Config(
+            "no stage built".into(),
+        ))))?;
+    let (store, db, broker) = (app.store.clone(), app.db.clone(), app.broker.clone());
+    let config = app.config;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("--listen: cannot bind {listen}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| WorkerError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
     // Scripts and tests read this line to find the ops port.
     println!(
         "larder worker {} listening on http://{addr}",

@@ -72,10 +72,7 @@ fn serve_help_documents_every_flag() {
 
 #[test]
 fn serve_answers_then_drains_on_sigterm() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = larder_testkit::support::free_port().expect("free port");
     let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
         .args([
             "serve",

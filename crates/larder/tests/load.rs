@@ -56,9 +56,12 @@ fn report(run: &Run) -> (u64, u64) {
 }
 
 async fn namespace(redis: &RedisServer) -> Arc<dyn Store> {
-    let store = larder_store::open_raw(&redis.url(), &StoreOptions::default())
-        .await
-        .expect("store");
+    let store = larder_store::open_raw(
+        &redis.url().parse().expect("store URL"),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("store");
     let schema = NamespaceSchema {
         fields: BTreeMap::from([
             (
@@ -467,14 +470,14 @@ async fn loads_go_to_the_backup_too_and_bad_setups_fail_clearly() {
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(report(&run), (250, 0));
-    let held = Backup::connect(&backup)
+    let held = Backup::connect(&backup.parse().expect("backup URL"))
         .await
         .expect("backup")
         .count(Some("emb"))
         .await
         .expect("count");
     assert_eq!(held, 250, "the backup holds every loaded entity");
-    let schemas = Backup::connect(&backup)
+    let schemas = Backup::connect(&backup.parse().expect("backup URL"))
         .await
         .expect("backup")
         .schemas(Some("emb"))

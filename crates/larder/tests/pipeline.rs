@@ -3,71 +3,35 @@
 //! `larder worker` per stage on real Redis Streams, sharing a SQLite main DB.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use larder_testkit::support::{self, Proc};
 use larder_testkit::RedisServer;
 use serde_json::{json, Value};
 
-/// A child process killed (SIGKILL) on drop; its stderr goes to a log file.
-struct Proc {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    support::free_port().expect("free port")
 }
 
-/// Start `larder ARGS` whose first stdout line ends with its URL.
-fn start_announcing(dir: &Path, name: &str, args: &[&str]) -> Proc {
+/// `larder ARGS` with the mock's test keys, its stderr in `dir/{name}.log`.
+fn larder(dir: &Path, name: &str, args: &[&str]) -> (Command, PathBuf) {
     let log = dir.join(format!("{name}.log"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_larder"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
+    command
         .args(args)
         .env("TEST_CLOVA_KEY", "clova-test-key")
         .env("TEST_CLOVA_GATEWAY", "clova-test-gateway")
         .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start larder");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("first line");
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in reader.lines() {});
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        url.starts_with("http://"),
-        "{name} printed {line:?}; log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    Proc { child, url, log }
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    (command, log)
+}
+
+/// Start `larder ARGS` whose first stdout line ends with its URL.
+fn start_announcing(dir: &Path, name: &str, args: &[&str]) -> Proc {
+    let (command, log) = larder(dir, name, args);
+    Proc::announcing(command, name, Some(log)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn mock_llm(dir: &Path, extra: &[&str]) -> Proc {
@@ -91,36 +55,23 @@ fn worker(dir: &Path, config: &Path, stage: &str, n: usize) -> Proc {
 }
 
 async fn serve(dir: &Path, config: &Path, port: u16) -> Proc {
-    let log = dir.join(format!("serve-{port}.log"));
-    let child = Command::new(env!("CARGO_BIN_EXE_larder"))
-        .args(["serve", "--config", config.to_str().expect("utf-8")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("TEST_CLOVA_KEY", "clova-test-key")
-        .env("TEST_CLOVA_GATEWAY", "clova-test-gateway")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start larder serve");
-    let proc = Proc {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(resp) = client.get(format!("{}/readyz", proc.url)).send().await {
-            if resp.status().is_success() {
-                return proc;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "serve did not become ready: {}",
-        std::fs::read_to_string(&proc.log).unwrap_or_default()
+    let (mut command, log) = larder(
+        dir,
+        &format!("serve-{port}"),
+        &["serve", "--config", config.to_str().expect("utf-8")],
     );
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null());
+    Proc::ready(
+        command,
+        "serve",
+        format!("http://127.0.0.1:{port}"),
+        Some(log),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every provider on the mock: an OpenAI-compatible and a CLOVA v1 writer, a CLOVA v3 judge;
@@ -178,13 +129,7 @@ limits = {{ max_retries = 2, backoff_base_ms = 50 }}
 }
 
 fn path_of(category: &str) -> String {
-    category
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    support::percent_encode(category)
 }
 
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
@@ -218,24 +163,14 @@ async fn ready_items(
         assert!(
             Instant::now() < deadline,
             "{category} not ready; serve log: {}",
-            std::fs::read_to_string(&server.log).unwrap_or_default()
+            server.log_text()
         );
     }
 }
 
 async fn metric(client: &reqwest::Client, url: &str, name: &str, label: &str) -> f64 {
-    let text = client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let text = support::metrics_text(client, url).await.expect("metrics");
+    support::metric_sum(&text, name, label)
 }
 
 fn redis_int(redis: &RedisServer, args: &[&str]) -> i64 {
@@ -444,7 +379,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     doomed.kill(); // SIGKILL, mid-batch: its jobs are delivered but never acknowledged.
     workers.push(worker(dir.path(), &config, "evaluate", 1));
 
-    let db = larder_db::Db::connect(&postgres.url())
+    let db = larder_db::Db::connect(&postgres.url().parse().expect("db URL"))
         .await
         .expect("main DB");
     for name in &categories {

@@ -51,12 +51,13 @@ async fn restore_after_flushall_and_after_losing_a_whole_shard() {
     let pg = PostgresDb::start();
     let mut cluster = RedisCluster::start();
     let options = StoreOptions {
-        backup: Some(pg.url()),
+        backup: Some(pg.url().parse().expect("backup URL")),
         ..StoreOptions::default()
     };
-    let store: Arc<dyn Store> = larder_store::open(&cluster.url(), &options)
-        .await
-        .expect("open");
+    let store: Arc<dyn Store> =
+        larder_store::open(&cluster.url().parse().expect("store URL"), &options)
+            .await
+            .expect("open");
     let schema = NamespaceSchema {
         fields: BTreeMap::from([
             (
@@ -125,9 +126,12 @@ async fn restore_after_flushall_and_after_losing_a_whole_shard() {
     // A primary and its replica die together: their slots go to another primary, empty.
     let lost = cluster.lose_shard(cluster.primaries()[0]);
     assert!(!lost.is_empty());
-    let reopened: Arc<dyn Store> = larder_store::open_raw(&cluster.url(), &StoreOptions::default())
-        .await
-        .expect("reopen");
+    let reopened: Arc<dyn Store> = larder_store::open_raw(
+        &cluster.url().parse().expect("store URL"),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("reopen");
     let missing = snapshot(reopened.as_ref(), &keys)
         .await
         .iter()

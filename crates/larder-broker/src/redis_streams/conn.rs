@@ -13,6 +13,7 @@
 //! the dead node). A blocking read gets a connection of its own to the stream's owner, and a
 //! failed one is replaced by one to whoever owns the slot in the next slot map.
 
+use larder_store::RedisUrl;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -141,25 +142,23 @@ impl Connector {
 }
 
 /// Connect the shared connection and prepare the connector for `url`.
-pub(crate) async fn connect(url: &str) -> Result<(Shared, Connector), BrokerError> {
-    if url.starts_with("redis-cluster://") || url.starts_with("rediss-cluster://") {
-        let options = larder_store::StoreOptions {
-            connect_timeout: CONNECT_TIMEOUT,
-            response_timeout: RESPONSE_TIMEOUT,
-            connections: 1,
-            ..larder_store::StoreOptions::default()
-        };
-        let cluster = Arc::new(Cluster::open(url, &options).await?);
-        return Ok((
-            Shared::Cluster(cluster.clone()),
-            Connector::Cluster(cluster),
-        ));
-    }
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(BrokerError::Config(format!(
-            "{url:?}: expected redis://, rediss://, redis-cluster:// or rediss-cluster://"
-        )));
-    }
+pub(crate) async fn connect(url: &RedisUrl) -> Result<(Shared, Connector), BrokerError> {
+    let url = match url {
+        RedisUrl::Cluster(cluster) => {
+            let options = larder_store::StoreOptions {
+                connect_timeout: CONNECT_TIMEOUT,
+                response_timeout: RESPONSE_TIMEOUT,
+                connections: 1,
+                ..larder_store::StoreOptions::default()
+            };
+            let cluster = Arc::new(Cluster::open(cluster, &options).await?);
+            return Ok((
+                Shared::Cluster(cluster.clone()),
+                Connector::Cluster(cluster),
+            ));
+        }
+        RedisUrl::Single(url) => url.as_str(),
+    };
     let client =
         redis::Client::open(url).map_err(|e| BrokerError::Config(format!("bad redis URL: {e}")))?;
     let config = ConnectionManagerConfig::new()

@@ -46,7 +46,10 @@ pub(crate) struct Inner {
 }
 
 impl RedisBroker {
-    pub(crate) async fn connect(url: &str, options: BrokerOptions) -> Result<Self, BrokerError> {
+    pub(crate) async fn connect(
+        url: &larder_store::RedisUrl,
+        options: BrokerOptions,
+    ) -> Result<Self, BrokerError> {
         if options.max_deliveries == 0 {
             return Err(BrokerError::Config(
                 "max_deliveries must be at least 1".to_owned(),

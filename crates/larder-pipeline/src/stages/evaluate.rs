@@ -83,7 +83,7 @@ pub fn parse_scores(
     chunk: &[(String, String)],
 ) -> Option<Vec<(String, f64, Option<String>)>> {
     let known: HashSet<&str> = chunk.iter().map(|(id, _)| id.as_str()).collect();
-    let body = crate::stages::filter::strip_fence(content);
+    let body = crate::text::strip_fence(content);
     match rubric {
         Rubric::Score => {
             let answer: ScoreAnswer = serde_json::from_str(body).ok()?;

@@ -23,8 +23,6 @@ use crate::text::{self, DedupIndex};
 pub struct FilterConfig {
     pub min_chars: usize,
     pub max_chars: usize,
-    /// Character n-gram Jaccard similarity at or above which two items are the same item.
-    pub near_duplicate: f64,
     /// Words that must not appear in an item (matched on normalized text).
     pub banned_words: Vec<String>,
     pub concurrency: usize,
@@ -35,7 +33,6 @@ impl Default for FilterConfig {
         FilterConfig {
             min_chars: 2,
             max_chars: 30,
-            near_duplicate: 0.6,
             banned_words: Vec::new(),
             concurrency: 4,
         }
@@ -44,10 +41,9 @@ impl Default for FilterConfig {
 
 impl FilterConfig {
     pub fn build(&self, deps: &Deps) -> Result<FilterStage, StageError> {
-        if !(0.0..=1.0).contains(&self.near_duplicate) || self.min_chars > self.max_chars {
+        if self.min_chars > self.max_chars {
             return Err(StageError::Config(
-                "pipeline.filter: near_duplicate must be in 0..=1 and min_chars <= max_chars"
-                    .into(),
+                "pipeline.filter: min_chars must be <= max_chars".into(),
             ));
         }
         Ok(FilterStage {
@@ -100,7 +96,7 @@ fn count(reject: Reject) {
 /// them even in JSON mode). Non-string entries come back as `None`.
 pub fn parse_items(content: &str) -> Result<Vec<Option<String>>, Reject> {
     let value: serde_json::Value =
-        serde_json::from_str(strip_fence(content)).map_err(|_| Reject::NotJson)?;
+        serde_json::from_str(text::strip_fence(content)).map_err(|_| Reject::NotJson)?;
     let items = value
         .get("items")
         .and_then(|items| items.as_array())
@@ -109,17 +105,6 @@ pub fn parse_items(content: &str) -> Result<Vec<Option<String>>, Reject> {
         .iter()
         .map(|item| item.as_str().map(str::to_string))
         .collect())
-}
-
-/// The JSON inside a Markdown code fence, or the trimmed text when there is none.
-pub fn strip_fence(content: &str) -> &str {
-    let trimmed = content.trim();
-    trimmed
-        .strip_prefix("```json")
-        .or_else(|| trimmed.strip_prefix("```"))
-        .and_then(|rest| rest.strip_suffix("```"))
-        .map(str::trim)
-        .unwrap_or(trimmed)
 }
 
 impl FilterStage {
@@ -160,7 +145,7 @@ impl FilterStage {
         if items.is_empty() {
             count(Reject::Empty);
         }
-        let mut pool = DedupIndex::new(self.config.near_duplicate);
+        let mut pool = DedupIndex::new(self.deps.text.near_duplicate);
         for (id, norm) in self.deps.db.pool_norms(&job.category).await? {
             pool.insert(&id, &norm);
         }

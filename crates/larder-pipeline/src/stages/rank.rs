@@ -11,21 +11,25 @@
 //! - The view (best `view_size` by posterior mean) is written to the store, which announces it
 //!   to serving nodes over pub/sub.
 //! - **Refill**: when fewer than `pool_target` items are active, generation is queued, at most
-//!   once per `refill_cooldown_ms` per category (the claim is a single atomic DB update, so
-//!   several rank workers never queue it twice).
+//!   once per `refill_cooldown_ms` per category, through the category domain's
+//!   [`larder_categories::Generations`]: one claim mechanism for every path, which gives the
+//!   claim back when the job cannot be queued.
 //!
 //! Recomputing from the DB makes the stage idempotent: a redelivered job writes the same view.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use larder_db::{ItemStatus, RankInput};
 use serde::{Deserialize, Serialize};
 
-use crate::job::{GenerateJob, Job, RankJob, StageKind};
+use larder_categories::{View, ViewItem};
+
+use crate::job::{Job, RankJob, StageKind};
 use crate::names;
 use crate::stage::{now_ms, Deps, Stage, StageError};
-use crate::stages::filter::FilterConfig;
 use crate::text::{self, DedupIndex};
-use crate::view::{posterior, prior, View, ViewItem};
 
 /// Reasons recorded on retired items.
 const LOST: &str = "retired: lost to feedback";
@@ -37,7 +41,9 @@ const MAX_REWRITES: usize = 4;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RankConfig {
-    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count).
+    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count). The
+    /// assembly point hands it to the rank stage and the API alike, as
+    /// [`larder_categories::Ranking`].
     pub prior_strength: f64,
     /// Active items kept per category; fewer queues generation.
     pub pool_target: usize,
@@ -66,6 +72,13 @@ impl Default for RankConfig {
 }
 
 impl RankConfig {
+    /// The ranking model these settings describe.
+    pub fn ranking(&self) -> larder_categories::Ranking {
+        larder_categories::Ranking {
+            prior_strength: self.prior_strength,
+        }
+    }
+
     pub fn build(&self, deps: &Deps) -> Result<RankStage, StageError> {
         if self.prior_strength < 0.0 || self.view_size == 0 || self.concurrency == 0 {
             return Err(StageError::Config(
@@ -74,33 +87,35 @@ impl RankConfig {
         }
         Ok(RankStage {
             config: self.clone(),
+            ranking: self.ranking(),
             deps: deps.clone(),
-            near_duplicate: FilterConfig::default().near_duplicate,
+            running: Mutex::new(HashMap::new()),
         })
     }
 }
 
 pub struct RankStage {
     config: RankConfig,
+    ranking: larder_categories::Ranking,
     deps: Deps,
-    near_duplicate: f64,
+    /// One lock per category being ranked in this process: its rank jobs run one after the
+    /// other, so they never serve an item that another is about to retire. (Jobs in other
+    /// worker processes still overlap; the rewrite loop below makes them converge.)
+    running: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
 impl RankStage {
-    /// Near duplicates are judged with the filter's threshold (one notion of "the same item").
-    pub fn with_near_duplicate(mut self, threshold: f64) -> RankStage {
-        self.near_duplicate = threshold;
-        self
-    }
-
     /// Active items as view items, and the ids to retire with why: lost too often, or a near
     /// duplicate of a better item.
-    /// `new` lists the items this job just activated: of two near duplicates, one that was
-    /// already served stays (served items do not churn), else the better one.
+    /// Of two near duplicates, one in the view being served stays (`served`: served items do
+    /// not churn), else the better one. The rule depends only on the view and the DB, never on
+    /// which job activated an item, so concurrent rank jobs of a category (several workers)
+    /// retire the same one; a rule that preferred "not activated by this job" made two jobs
+    /// that each activated one of a pair retire each other's.
     fn score(
         &self,
         inputs: Vec<RankInput>,
-        new: &[String],
+        served: &HashSet<String>,
     ) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
         let mut candidates = Vec::new();
         let mut retire = Vec::new();
@@ -108,8 +123,8 @@ impl RankStage {
             .into_iter()
             .filter(|i| i.status == ItemStatus::Active)
         {
-            let (alpha, beta) = posterior(
-                prior(input.eval_mean, self.config.prior_strength),
+            let (alpha, beta) = self.ranking.posterior(
+                input.eval_mean,
                 input.selections,
                 input.weighted_impressions,
             );
@@ -128,12 +143,13 @@ impl RankStage {
             }
         }
         candidates.sort_by(|a, b| {
-            new.contains(&a.id)
-                .cmp(&new.contains(&b.id))
+            served
+                .contains(&b.id)
+                .cmp(&served.contains(&a.id))
                 .then_with(|| b.mean().total_cmp(&a.mean()))
                 .then_with(|| a.id.cmp(&b.id))
         });
-        let mut seen = DedupIndex::new(self.near_duplicate);
+        let mut seen = DedupIndex::new(self.deps.text.near_duplicate);
         let mut items = Vec::with_capacity(candidates.len());
         for item in candidates {
             let norm = text::normalize(&item.text);
@@ -147,7 +163,31 @@ impl RankStage {
         (items, retire)
     }
 
+    /// The ids in the category's view as it is served now.
+    async fn served(&self, category: &str) -> Result<HashSet<String>, StageError> {
+        let view = self.deps.store.get_view(category).await?;
+        Ok(view
+            .and_then(|bytes| View::decode(&bytes).ok())
+            .map(|view| view.items.into_iter().map(|i| i.id).collect())
+            .unwrap_or_default())
+    }
+
+    /// The lock of `category`'s rank jobs in this process.
+    fn lock_of(&self, category: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = running.get(category).and_then(Weak::upgrade) {
+            return lock;
+        }
+        // Forget the categories no job holds any more, so the map stays as small as the work.
+        running.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        running.insert(category.to_string(), Arc::downgrade(&lock));
+        lock
+    }
+
     async fn rank(&self, job: RankJob) -> Result<Vec<Job>, StageError> {
+        let lock = self.lock_of(&job.category);
+        let _one_at_a_time = lock.lock().await;
         let db = &self.deps.db;
         let mut inputs = db.rank_inputs(&job.category).await?;
         let activate: Vec<String> = inputs
@@ -169,7 +209,8 @@ impl RankStage {
         let mut retired = 0;
         let mut active = 0;
         for _ in 0..MAX_REWRITES {
-            let (items, retire) = self.score(inputs, &activate);
+            let served = self.served(&job.category).await?;
+            let (items, retire) = self.score(inputs, &served);
             for reason in [LOST, DUPLICATE] {
                 let ids: Vec<String> = retire
                     .iter()
@@ -192,7 +233,8 @@ impl RankStage {
                 .await?;
             metrics::counter!(names::VIEWS_WRITTEN).increment(1);
             inputs = db.rank_inputs(&job.category).await?;
-            let (now_items, now_retire) = self.score(inputs.clone(), &activate);
+            let served = view.items.iter().map(|i| i.id.clone()).collect();
+            let (now_items, now_retire) = self.score(inputs.clone(), &served);
             let current = View::new(
                 job.category.clone(),
                 view.built_at_ms,
@@ -204,18 +246,19 @@ impl RankStage {
             }
         }
         tracing::debug!(category = %job.category, active, retired, "view written");
-        let now = now_ms();
         if active < self.config.pool_target
-            && db
-                .claim_generation(&job.category, now, self.config.refill_cooldown_ms)
+            && self
+                .deps
+                .generations
+                .queue(
+                    &job.category,
+                    "refill",
+                    Some(self.config.refill_cooldown_ms),
+                )
                 .await?
         {
             metrics::counter!(names::REFILLS, "reason" => if retired == 0 { "low_pool" } else { "losing" })
                 .increment(1);
-            return Ok(vec![Job::Generate(GenerateJob {
-                category: job.category,
-                reason: "refill".into(),
-            })]);
         }
         Ok(Vec::new())
     }
@@ -242,8 +285,8 @@ impl Stage for RankStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{deps, insert_pending};
-    use crate::view::position_weight;
+    use crate::testing::{deps, deps_on, insert_pending};
+    use larder_categories::ranking::position_weight;
     use larder_db::{Evaluation, FeedbackEvent, FeedbackKind};
 
     async fn view(deps: &Deps, category: &str) -> View {
@@ -258,7 +301,8 @@ mod tests {
 
     #[tokio::test]
     async fn evaluated_items_are_served_best_first_and_feedback_reorders() {
-        let deps = deps().await;
+        let broker = larder_broker::memory(Default::default());
+        let deps = deps_on(broker.clone()).await;
         let ids = insert_pending(
             &deps,
             "moving house",
@@ -287,7 +331,8 @@ mod tests {
             .await
             .expect("ranks");
         // 3 active < pool_target: generation is queued once, then not again within the cooldown.
-        assert!(matches!(out.as_slice(), [Job::Generate(g)] if g.reason == "refill"));
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(broker.backlog("generate").await.expect("backlog"), 1);
         let first = view(&deps, "moving house").await;
         let order: Vec<&str> = first.items.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(order, [ids[0].as_str(), ids[1].as_str(), ids[2].as_str()]);
@@ -324,9 +369,44 @@ mod tests {
             }))
             .await
             .expect("ranks");
-        assert!(out.is_empty(), "refill is on cooldown: {out:?}");
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(
+            broker.backlog("generate").await.expect("backlog"),
+            1,
+            "refill is on cooldown"
+        );
         let second = view(&deps, "moving house").await;
         assert_eq!(second.items[0].id, ids[2]);
+    }
+
+    /// The refill claims a generation like every other path, so when the broker cannot take the
+    /// job the claim is given back (the category refills on the next rank job, not after the
+    /// cooldown) and the job fails, to be redelivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refill_that_cannot_be_queued_gives_its_claim_back() {
+        let mut redis = larder_testkit::RedisServer::start();
+        let broker =
+            larder_broker::redis(&redis.url().parse().expect("redis URL"), Default::default())
+                .await
+                .expect("broker");
+        let deps = deps_on(broker).await;
+        let ids = insert_pending(&deps, "c", &["Book the movers"]).await;
+        let stage = RankConfig::default().build(&deps).expect("builds");
+        redis.stop();
+        let result = stage
+            .process(Job::Rank(RankJob {
+                category: "c".into(),
+                activate: ids,
+            }))
+            .await;
+        assert!(result.is_err(), "{result:?}");
+        let c = deps.db.category("c").await.expect("reads").expect("exists");
+        assert_eq!(
+            c.last_generation_ms, None,
+            "the refill claim was given back"
+        );
+        // The view was written before the refill: serving already has the item.
+        assert_eq!(view(&deps, "c").await.items.len(), 1);
     }
 
     #[tokio::test]

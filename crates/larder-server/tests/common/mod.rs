@@ -24,8 +24,8 @@ impl TestServer {
     /// Serve `config`. Tests never write the main DB into the working directory: without an
     /// explicit `db`, it lives in memory.
     pub async fn start(mut config: Config) -> TestServer {
-        if config.db.is_empty() {
-            config.db = "sqlite::memory:".into();
+        if config.db.is_none() {
+            config.db = Some(larder_server::config::DbUrl::SqliteMemory);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -49,7 +49,7 @@ impl TestServer {
 
     pub async fn on(store: &str) -> TestServer {
         TestServer::start(Config {
-            store: store.to_owned(),
+            store: store.parse().expect("store URL"),
             ephemeral: true,
             ..Config::default()
         })

@@ -52,7 +52,11 @@ pub struct Backed {
 impl Backed {
     /// Wrap `inner` (a Redis store) with the backup at `url`, and start replaying whatever
     /// the backup already has queued (a restarted server picks up where it stopped).
-    pub async fn connect(inner: Arc<dyn Store>, url: &str, options: BackedOptions) -> Result<Self> {
+    pub async fn connect(
+        inner: Arc<dyn Store>,
+        url: &crate::DbUrl,
+        options: BackedOptions,
+    ) -> Result<Self> {
         let db = Db::connect(url).await?;
         let replay = Replay::start(inner.clone(), db.clone(), options.clone());
         tracing::info!(backup = db.kind(), "dual-writing to the backup");

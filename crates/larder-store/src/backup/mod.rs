@@ -33,6 +33,7 @@ pub use backed::{Backed, BackedOptions};
 pub use db::PendingEntity;
 pub use restore::restore;
 
+use crate::DbUrl;
 use crate::{EntityState, NamespaceSchema, Result, StoreError};
 
 /// A handle on the backup DB for tools that read it whole (`larder restore`).
@@ -43,7 +44,7 @@ pub struct Backup {
 
 impl Backup {
     /// `postgres://…`, `postgresql://…` or `sqlite://FILE`; creates the tables.
-    pub async fn connect(url: &str) -> Result<Backup> {
+    pub async fn connect(url: &DbUrl) -> Result<Backup> {
         Ok(Backup {
             db: db::Db::connect(url).await?,
         })

@@ -20,8 +20,8 @@ pub use cluster::{Cluster, Failover, NodeConnector};
 use subscriber::Subscriber;
 
 use crate::{
-    keys, EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store, StoreError,
-    StoreOptions,
+    keys, ClusterUrl, EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store,
+    StoreError, StoreOptions,
 };
 
 /// HDEL/SCAN work is sent in chunks of this many commands.
@@ -65,9 +65,9 @@ impl RedisStore {
 
     /// Redis Cluster from `redis-cluster://[user:pass@]host:port,host:port,…` (or
     /// `rediss-cluster://` for TLS): every listed node is a seed.
-    pub async fn connect_cluster(url: &str, options: &StoreOptions) -> Result<Self> {
-        let (seeds, _) = cluster_seeds(url)?;
-        let pubsub_nodes = seeds
+    pub async fn connect_cluster(url: &ClusterUrl, options: &StoreOptions) -> Result<Self> {
+        let pubsub_nodes = url
+            .seeds()
             .iter()
             .map(|seed| redis::Client::open(seed.as_str()))
             .collect::<redis::RedisResult<Vec<_>>>()
@@ -105,15 +105,22 @@ impl RedisStore {
 impl Cluster {
     /// A cluster client for `redis-cluster://…` (or `rediss-cluster://…`), with `options`'
     /// timeouts, connections per node and batch strategy: the store's, and the broker's.
-    pub async fn open(url: &str, options: &StoreOptions) -> Result<Cluster> {
+    pub async fn open(url: &ClusterUrl, options: &StoreOptions) -> Result<Cluster> {
         Cluster::open_counted(url, options, Trips::default()).await
     }
 
-    async fn open_counted(url: &str, options: &StoreOptions, trips: Trips) -> Result<Cluster> {
-        let (seeds, mut nodes) = cluster_seeds(url)?;
-        nodes.config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout));
+    async fn open_counted(
+        url: &ClusterUrl,
+        options: &StoreOptions,
+        trips: Trips,
+    ) -> Result<Cluster> {
+        let nodes = NodeConnector {
+            url: url.clone(),
+            config: redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(options.connect_timeout))
+                .set_response_timeout(Some(options.response_timeout)),
+        };
+        let seeds = url.seeds();
         let mut seed_addrs = Vec::with_capacity(seeds.len());
         for seed in &seeds {
             let client = redis::Client::open(seed.as_str())
@@ -138,47 +145,6 @@ impl Cluster {
         )
         .await
     }
-}
-
-/// `redis-cluster://[auth@]h1:p1,h2:p2[/suffix]` → the seed URLs
-/// `["redis://[auth@]h1:p1[/suffix]", …]`, and how to reach any other node the same way.
-pub fn cluster_seeds(url: &str) -> Result<(Vec<String>, NodeConnector)> {
-    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis-cluster://") {
-        ("redis", rest)
-    } else if let Some(rest) = url.strip_prefix("rediss-cluster://") {
-        ("rediss", rest)
-    } else {
-        return Err(StoreError::Config(format!(
-            "{url:?} is not a redis-cluster:// URL"
-        )));
-    };
-    let (auth, hosts) = match rest.rsplit_once('@') {
-        Some((auth, hosts)) => (format!("{auth}@"), hosts),
-        None => (String::new(), rest),
-    };
-    // Anything after the host list (`/`, `/#insecure`) applies to every node.
-    let (hosts, suffix) = match hosts.find('/') {
-        Some(i) => (&hosts[..i], hosts[i..].to_owned()),
-        None => (hosts, String::new()),
-    };
-    let suffix = if suffix == "/" { String::new() } else { suffix };
-    let seeds: Vec<String> = hosts
-        .split(',')
-        .filter(|h| !h.is_empty())
-        .map(|h| format!("{scheme}://{auth}{h}{suffix}"))
-        .collect();
-    if seeds.is_empty() {
-        return Err(StoreError::Config(format!(
-            "{url:?} names no seed nodes: expected redis-cluster://host:port,host:port"
-        )));
-    }
-    let nodes = NodeConnector {
-        scheme: scheme.to_owned(),
-        auth,
-        suffix,
-        config: redis::AsyncConnectionConfig::new(),
-    };
-    Ok((seeds, nodes))
 }
 
 fn keyed(key: Vec<u8>, cmd: Cmd) -> Keyed {
@@ -471,39 +437,5 @@ impl Store for RedisStore {
             .get_or_try_init(|| Subscriber::start(self.pubsub_nodes.clone(), self.connect_timeout))
             .await?;
         Ok(subscriber.listen())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cluster_urls() {
-        assert_eq!(
-            cluster_seeds("redis-cluster://a:1,b:2").expect("valid").0,
-            vec!["redis://a:1", "redis://b:2"]
-        );
-        assert_eq!(
-            cluster_seeds("rediss-cluster://u:p@a:1,b:2/")
-                .expect("valid")
-                .0,
-            vec!["rediss://u:p@a:1", "rediss://u:p@b:2"]
-        );
-        let (seeds, nodes) =
-            cluster_seeds("rediss-cluster://:pw@a:1,b:2/#insecure").expect("valid");
-        assert_eq!(
-            seeds,
-            vec!["rediss://:pw@a:1/#insecure", "rediss://:pw@b:2/#insecure"]
-        );
-        assert_eq!(
-            (
-                nodes.scheme.as_str(),
-                nodes.auth.as_str(),
-                nodes.suffix.as_str()
-            ),
-            ("rediss", ":pw@", "/#insecure")
-        );
-        assert!(cluster_seeds("redis-cluster://").is_err());
     }
 }

@@ -2,22 +2,14 @@
 //! from this very binary, killed on drop. Separate processes keep the load generator, the
 //! server and the mock provider from sharing one async runtime, as they would in production.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-pub struct ChildProcess {
-    child: Child,
-    pub url: String,
-}
+use larder_testkit::support::{self, Proc};
 
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A child process of this binary, killed on drop.
+pub type ChildProcess = Proc;
 
 fn larder() -> Result<Command, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the larder binary: {e}"))?;
@@ -26,7 +18,8 @@ fn larder() -> Result<Command, String> {
 
 /// `larder mock-llm` on a free port with `latency_ms`; its URL is read from its first line.
 pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, String> {
-    let mut child = larder()?
+    let mut command = larder()?;
+    command
         .args([
             "mock-llm",
             "--listen",
@@ -35,93 +28,39 @@ pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, String> {
             &latency_ms.to_string(),
         ])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start larder mock-llm: {e}"))?;
-    let stdout = child.stdout.take().ok_or("mock-llm has no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| format!("mock-llm did not start: {e}"))?;
-    let url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http://"))
-        .ok_or_else(|| format!("mock-llm printed {line:?}, not its address"))?
-        .to_string();
-    Ok(ChildProcess { child, url })
-}
-
-/// A free loopback port (bound and released; the OS does not hand it out again at once).
-pub fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
+        .stderr(Stdio::inherit());
+    Proc::announcing(command, "larder mock-llm", None).map_err(|e| e.to_string())
 }
 
 /// `larder serve --config FILE --listen 127.0.0.1:PORT`, ready once `/readyz` answers 200.
 pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess, String> {
-    let port = free_port()?;
-    let child = larder()?
+    let port = support::free_port().map_err(|e| e.to_string())?;
+    let mut command = larder()?;
+    command
         .args(["serve", "--config"])
         .arg(config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start larder serve: {e}"))?;
-    let server = ChildProcess {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let mut server = server;
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!(
-                "larder serve exited with {status} (its error is above)"
-            ));
-        }
-        if let Ok(resp) = client.get(format!("{}/readyz", server.url)).send().await {
-            if resp.status().is_success() {
-                return Ok(server);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err("larder serve did not become ready within 30 s".into())
+        .stderr(Stdio::inherit());
+    Proc::ready(
+        command,
+        "larder serve",
+        format!("http://127.0.0.1:{port}"),
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
-/// The server's `/metrics` page.
-async fn metrics_text(client: &reqwest::Client, url: &str) -> Result<String, String> {
-    client
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| format!("cannot read {url}/metrics: {e}"))?
-        .text()
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// Sum of every sample of metric `name` in a Prometheus text page (all label sets).
+/// Sum of every sample of metric `name` on the server's `/metrics` page (all label sets).
 pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f64, String> {
-    let text = metrics_text(client, url).await?;
-    Ok(text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    let text = support::metrics_text(client, url)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(support::metric_sum(&text, name, ""))
 }
 
 /// The config of a bench server: embedded memory store, every provider on the mock server
@@ -243,7 +182,9 @@ pub async fn histogram(
     name: &str,
     label: &str,
 ) -> Result<Vec<(f64, f64)>, String> {
-    let text = metrics_text(client, url).await?;
+    let text = support::metrics_text(client, url)
+        .await
+        .map_err(|e| e.to_string())?;
     let prefix = format!("{name}_bucket{{");
     let mut buckets = Vec::new();
     for line in text

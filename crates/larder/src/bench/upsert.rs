@@ -13,10 +13,10 @@ use rand::Rng;
 pub struct UpsertArgs {
     /// The store [default: a Redis on 127.0.0.1:6379]
     #[arg(long, value_name = "URL", default_value = "redis://127.0.0.1:6379")]
-    store: String,
+    store: larder_store::StoreUrl,
     /// The backup to compare against: postgres://… | sqlite://FILE
     #[arg(long, value_name = "URL")]
-    backup: String,
+    backup: larder_store::DbUrl,
     #[arg(long, default_value_t = 1000)]
     entities: usize,
     #[arg(long, default_value_t = 768)]
@@ -68,7 +68,7 @@ pub async fn run(args: UpsertArgs) -> Result<(), String> {
     for backup in [None, Some(args.backup.clone())] {
         let label = match &backup {
             None => "store only".to_owned(),
-            Some(url) => format!("store + {} backup", url.split(':').next().unwrap_or("")),
+            Some(url) => format!("store + {} backup", url.kind()),
         };
         let options = StoreOptions {
             backup,

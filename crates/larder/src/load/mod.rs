@@ -28,7 +28,7 @@ use std::time::Instant;
 use clap::{Args, ValueEnum};
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
-use larder_server::config::{Config, Overrides};
+use larder_app::{Config, Overrides};
 use larder_store::schema::valid_key;
 use larder_store::{codec, EntityWrite, FieldSpec, NamespaceSchema, Store, StoreError};
 
@@ -91,6 +91,9 @@ pub enum LoadError {
     /// The store (or the backup) refused a write.
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
+    /// The store or the backup could not be opened.
+    #[error(transparent)]
+    Open(#[from] larder_app::AppError),
 }
 
 impl LoadError {
@@ -318,7 +321,7 @@ impl std::fmt::Display for Report {
 
 async fn load(config: &Config, args: &LoadArgs) -> Result<Report, (LoadError, Option<Report>)> {
     let fail = |e: LoadError| (e, None);
-    let store = larder_store::open(&config.store, &config.store_options())
+    let store = larder_app::open::store(config)
         .await
         .map_err(|e| fail(e.into()))?;
     let schema = store
@@ -331,7 +334,7 @@ async fn load(config: &Config, args: &LoadArgs) -> Result<Report, (LoadError, Op
                 args.namespace, args.namespace
             )))
         })?;
-    if !config.backup.is_empty() {
+    if config.backup.is_some() {
         // The backup must hold the schema too, or a restore would bring back entities of a
         // namespace it does not know (the namespace may predate the backup).
         store

@@ -26,7 +26,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-use crate::{EntityState, Result, StoreError};
+use crate::{DbUrl, EntityState, Result, StoreError};
 
 /// How long a write waits for a pooled connection before the backup counts as down.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -147,49 +147,51 @@ impl Folder {
 
 impl Db {
     /// `postgres://…`, `postgresql://…` or `sqlite://FILE` (created with its parent dirs).
-    pub(crate) async fn connect(url: &str) -> Result<Db> {
-        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect(url)
-                .await
-                .map_err(down)?;
-            Db::Postgres(pool)
-        } else if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() || path.starts_with(":memory:") {
+    pub(crate) async fn connect(url: &DbUrl) -> Result<Db> {
+        let db = match url {
+            DbUrl::Postgres(url) => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect(url)
+                    .await
+                    .map_err(down)?;
+                Db::Postgres(pool)
+            }
+            DbUrl::SqliteMemory => {
                 return Err(StoreError::Config(
                     "backup: an in-memory SQLite backup would be lost with the process; give a file: sqlite://FILE".into(),
                 ));
             }
-            if let Some(parent) = std::path::Path::new(path).parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent).map_err(|e| {
-                        StoreError::Config(format!(
-                            "backup: cannot create {}: {e}",
-                            parent.display()
-                        ))
-                    })?;
+            DbUrl::SqliteFile(text) => {
+                if let Some(parent) = url
+                    .sqlite_path()
+                    .and_then(|p| std::path::Path::new(p).parent())
+                {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent).map_err(|e| {
+                            StoreError::Config(format!(
+                                "backup: cannot create {}: {e}",
+                                parent.display()
+                            ))
+                        })?;
+                    }
                 }
+                // FULL: a write is acknowledged only once it is on disk.
+                let options = SqliteConnectOptions::from_str(text)
+                    .map_err(|e| StoreError::Config(format!("backup: {e}")))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options)
+                    .await
+                    .map_err(down)?;
+                Db::Sqlite(pool)
             }
-            // FULL: a write is acknowledged only once it is on disk.
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::Config(format!("backup: {e}")))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(5));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await
-                .map_err(down)?;
-            Db::Sqlite(pool)
-        } else {
-            return Err(StoreError::Config(format!(
-                "backup: expected postgres://… or sqlite://FILE, got {url:?}"
-            )));
         };
         db.create_schema().await?;
         Ok(db)

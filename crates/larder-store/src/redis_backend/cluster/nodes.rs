@@ -22,29 +22,24 @@ use futures::future::try_join_all;
 use redis::aio::MultiplexedConnection;
 
 use super::super::slots::NodeAddr;
-use crate::{Result, StoreError};
+use crate::{ClusterUrl, Result, StoreError};
 
 /// How often a still-unreachable node is mentioned in the log.
 pub(crate) const WARN_EVERY: Duration = Duration::from_secs(30);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Builds `redis://[auth@]host:port[suffix]` URLs for cluster nodes from the seed URL's parts.
+/// Connects to cluster nodes with the seeds' scheme, credentials and options.
 #[derive(Debug, Clone)]
 pub struct NodeConnector {
-    pub scheme: String,
-    pub auth: String,
-    pub suffix: String,
+    pub url: ClusterUrl,
     pub config: redis::AsyncConnectionConfig,
 }
 
 impl NodeConnector {
     /// The URL of the node at `addr`, with the seeds' scheme, credentials and options.
     pub fn url(&self, addr: &NodeAddr) -> String {
-        format!(
-            "{}://{}{}:{}{}",
-            self.scheme, self.auth, addr.host, addr.port, self.suffix
-        )
+        self.url.node(&format!("{}:{}", addr.host, addr.port))
     }
 
     /// A new connection to `addr`, bounded by `deadline`.

@@ -1,31 +1,25 @@
-//! The category engine behind the `/v1/categories` routes: the main DB, the pipeline queue,
-//! and an in-memory cache of serving views.
+//! The in-memory cache of serving views behind [`crate::Categories::items`].
 //!
 //! Serving a category's top items never touches the DB or the pipeline: it reads a cached
-//! view ([`larder_pipeline::view::View`]), which the rank stage writes to the store and
+//! view ([`crate::ranking::View`]), which the rank stage writes to the store and
 //! announces over pub/sub. A cached view is dropped when its announcement arrives, and re-read
 //! after `VIEW_MAX_AGE` at the latest in case an announcement was lost (the stream yields
 //! `All` after a reconnect, which clears the cache).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use larder_db::Db;
-use larder_pipeline::view::{served_score, View};
-use larder_pipeline::Queue;
 use larder_store::{Invalidation, Store, StoreError};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use crate::metrics::names;
+use crate::names;
+use crate::ranking::{served_score, View};
 
 /// A present view is re-read from the store after this long even without an announcement.
 const VIEW_MAX_AGE: Duration = Duration::from_secs(5);
 /// An absent view is re-checked after this long (and the category's registration with it).
 const ABSENT_MAX_AGE: Duration = Duration::from_secs(1);
-/// Feedback on one category within this window becomes one re-rank.
-const RANK_COALESCE: Duration = Duration::from_millis(100);
 
 struct Cached {
     view: Option<Arc<Served>>,
@@ -86,42 +80,31 @@ impl Served {
     }
 }
 
-pub struct Catalog {
-    pub db: Db,
-    pub queue: Queue,
+pub(crate) struct Views {
     store: Arc<dyn Store>,
-    views: quick_cache::sync::Cache<String, Arc<Cached>>,
+    cache: quick_cache::sync::Cache<String, Arc<Cached>>,
     /// Bumped on every announcement, so `wait_ms` requests wake up.
     announced: watch::Sender<u64>,
-    dirty: Mutex<HashSet<String>>,
-    dirty_notify: Notify,
-    /// The rank stage's prior strength, so item details show the same score as the view.
-    pub prior_strength: f64,
 }
 
 /// What `view` found, and whether it came from the store just now.
-pub struct Lookup {
+pub(crate) struct Lookup {
     pub view: Option<Arc<Served>>,
     pub loaded: bool,
 }
 
-impl Catalog {
-    pub fn new(db: Db, queue: Queue, store: Arc<dyn Store>, prior_strength: f64) -> Arc<Catalog> {
-        Arc::new(Catalog {
-            db,
-            queue,
+impl Views {
+    pub fn new(store: Arc<dyn Store>) -> Views {
+        Views {
             store,
-            views: quick_cache::sync::Cache::new(100_000),
+            cache: quick_cache::sync::Cache::new(100_000),
             announced: watch::channel(0).0,
-            dirty: Mutex::new(HashSet::new()),
-            dirty_notify: Notify::new(),
-            prior_strength,
-        })
+        }
     }
 
     /// The category's view: from the cache while fresh, else from the store.
     pub async fn view(&self, category: &str) -> Result<Lookup, StoreError> {
-        let cached = self.views.get(category);
+        let cached = self.cache.get(category);
         if let Some(cached) = &cached {
             let max_age = if cached.view.is_some() {
                 VIEW_MAX_AGE
@@ -161,7 +144,7 @@ impl Catalog {
             },
         };
         if *self.announced.borrow() == generation {
-            self.views.insert(
+            self.cache.insert(
                 category.to_string(),
                 Arc::new(Cached {
                     view: view.clone(),
@@ -193,9 +176,9 @@ impl Catalog {
     fn announce(&self, invalidation: Invalidation) {
         match invalidation {
             Invalidation::Category(category) => {
-                self.views.remove(&category);
+                self.cache.remove(&category);
             }
-            Invalidation::All => self.views.clear(),
+            Invalidation::All => self.cache.clear(),
         }
         self.announced.send_modify(|n| *n += 1);
     }
@@ -214,36 +197,6 @@ impl Catalog {
             // The stream ended or could not start: anything may have changed meanwhile.
             self.announce(Invalidation::All);
             tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// Ask for a re-rank of `category` after feedback (coalesced, see [`Self::rank_dirty`]).
-    pub fn feedback_arrived(&self, category: &str) {
-        let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if dirty.insert(category.to_string()) {
-            self.dirty_notify.notify_one();
-        }
-    }
-
-    /// Queue one re-rank per category that got feedback, at most every `RANK_COALESCE`:
-    /// a burst of feedback costs one rank job, not one per event. The feedback itself is
-    /// already durable in the DB; a re-rank lost to a crash is redone by the next one.
-    pub async fn rank_dirty(self: Arc<Self>) {
-        loop {
-            self.dirty_notify.notified().await;
-            tokio::time::sleep(RANK_COALESCE).await;
-            let categories: Vec<String> = {
-                let mut dirty = self.dirty.lock().unwrap_or_else(|p| p.into_inner());
-                dirty.drain().collect()
-            };
-            for category in categories {
-                if let Err(error) = self.queue.rank(&category).await {
-                    tracing::warn!(category = %category, %error, "cannot queue re-rank after feedback; will retry");
-                    // Keep it dirty: the next round (or the next feedback) tries again.
-                    self.feedback_arrived(&category);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
         }
     }
 }

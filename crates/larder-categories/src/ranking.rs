@@ -1,4 +1,6 @@
-//! The serving view of a category and the ranking math behind it.
+//! The serving view of a category and all of the ranking math behind it: the rank stage builds
+//! views with it, and the [`crate::Categories`] service scores item details with it, so both
+//! always agree.
 //!
 //! Each item's click-through belief is a Beta posterior:
 //! - the **prior** comes from the evaluators: with mean score `m` on 0..=10 and pseudo-count
@@ -36,6 +38,38 @@ pub fn posterior(prior: (f64, f64), selections: u64, weighted_impressions: f64) 
         prior.0 + selections,
         prior.1 + (weighted_impressions - selections).max(0.0),
     )
+}
+
+/// The ranking model's settings: how much the evaluators' prior is worth. One value, handed
+/// to the rank stage and to the service by the assembly point, so they never disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ranking {
+    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count).
+    pub prior_strength: f64,
+}
+
+impl Default for Ranking {
+    fn default() -> Self {
+        Ranking {
+            prior_strength: 10.0,
+        }
+    }
+}
+
+impl Ranking {
+    /// An item's posterior from its mean evaluator score and its feedback.
+    pub fn posterior(
+        &self,
+        eval_mean: Option<f64>,
+        selections: u64,
+        weighted_impressions: f64,
+    ) -> (f64, f64) {
+        posterior(
+            prior(eval_mean, self.prior_strength),
+            selections,
+            weighted_impressions,
+        )
+    }
 }
 
 /// A posterior mean as the API shows it: 4 decimals.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+pub use larder_pipeline::PipelineConfig;
+pub use larder_url::{DbUrl, StoreUrl};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -15,7 +17,7 @@ pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// `embedded`, `redis://…`, `rediss://…`, `redis-cluster://h:p,h:p`, `rediss-cluster://…`.
-    pub store: String,
+    pub store: StoreUrl,
     /// Where the embedded store keeps its file.
     pub data_dir: PathBuf,
     /// Keep the embedded store in memory only.
@@ -33,15 +35,17 @@ pub struct Config {
     /// The durable backup of every entity write: `postgres://…` or `sqlite://FILE`. Empty:
     /// off. With one, a write is acknowledged once it is in the backup and either in the store
     /// or queued for replay, and `larder restore` can rebuild the store from it.
-    pub backup: String,
+    #[serde(with = "larder_url::empty_is_none")]
+    pub backup: Option<DbUrl>,
     /// How writes Redis did not take are replayed from the backup.
     pub replay: Replay,
     /// The main DB of categories, items, evaluations and feedback: `sqlite://FILE`,
     /// `sqlite::memory:` or `postgres://…`. Empty: `sqlite://{data_dir}/larder.db`, or memory
     /// with `ephemeral`.
-    pub db: String,
+    #[serde(with = "larder_url::empty_is_none")]
+    pub db: Option<DbUrl>,
     /// Providers and stages of the pre-generation pipeline.
-    pub pipeline: larder_pipeline::PipelineConfig,
+    pub pipeline: PipelineConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +118,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
-            store: "embedded".into(),
+            store: StoreUrl::Embedded,
             data_dir: PathBuf::from("./larder-data"),
             ephemeral: false,
             allow_unauthenticated: false,
@@ -124,9 +128,9 @@ impl Default for Config {
             auth: Auth::default(),
             timeouts: Timeouts::default(),
             breaker: BreakerConfig::default(),
-            backup: String::new(),
+            backup: None,
             replay: Replay::default(),
-            db: String::new(),
+            db: None,
             pipeline: Default::default(),
         }
     }
@@ -207,40 +211,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.store;
-        let known = s == "embedded"
-            || [
-                "redis://",
-                "rediss://",
-                "redis-cluster://",
-                "rediss-cluster://",
-            ]
-            .iter()
-            .any(|p| s.starts_with(p));
-        if !known {
-            return Err(ConfigError(format!(
-                "--store: expected embedded, redis://host:port, rediss://…, redis-cluster://host:port,host:port or rediss-cluster://…, got {s:?}"
-            )));
-        }
-        let db = &self.db;
-        if !(db.is_empty()
-            || db.starts_with("sqlite:")
-            || db.starts_with("postgres://")
-            || db.starts_with("postgresql://"))
-        {
-            return Err(ConfigError(format!(
-                "--db: expected sqlite://FILE, sqlite::memory: or postgres://user@host:port/db, got {db:?}"
-            )));
-        }
-        let backup = &self.backup;
-        if !(backup.is_empty()
-            || backup.starts_with("sqlite://")
-            || backup.starts_with("postgres://")
-            || backup.starts_with("postgresql://"))
-        {
-            return Err(ConfigError(format!(
-                "--backup: expected postgres://user@host:port/db or sqlite://FILE, got {backup:?}"
-            )));
+        if matches!(self.backup, Some(DbUrl::SqliteMemory)) {
+            return Err(ConfigError(
+                "--backup: an in-memory SQLite backup would be lost with the process; expected postgres://user@host:port/db or sqlite://FILE".into(),
+            ));
         }
         if self.replay.write_timeout_ms == 0 || self.replay.batch == 0 {
             return Err(ConfigError(
@@ -261,14 +235,12 @@ impl Config {
         Ok(())
     }
 
-    /// The main DB URL `db` names, or its default.
-    pub fn db_url(&self) -> String {
-        if !self.db.is_empty() {
-            self.db.clone()
-        } else if self.ephemeral {
-            "sqlite::memory:".into()
-        } else {
-            format!("sqlite://{}", self.data_dir.join("larder.db").display())
+    /// The main DB `db` names, or its default.
+    pub fn db_url(&self) -> DbUrl {
+        match &self.db {
+            Some(db) => db.clone(),
+            None if self.ephemeral => DbUrl::SqliteMemory,
+            None => DbUrl::sqlite_file(&self.data_dir.join("larder.db")),
         }
     }
 
@@ -280,7 +252,7 @@ impl Config {
             response_timeout: Duration::from_millis(self.timeouts.response_ms),
             connections: self.redis_connections.max(1),
             cluster_batch: self.cluster_batch,
-            backup: (!self.backup.is_empty()).then(|| self.backup.clone()),
+            backup: self.backup.clone(),
             backed: larder_store::BackedOptions {
                 write_timeout: Duration::from_millis(self.replay.write_timeout_ms),
                 failover_window: Duration::from_millis(self.replay.failover_window_ms),
@@ -328,7 +300,7 @@ mod tests {
         )
         .expect("valid config");
         assert_eq!(config.listen.port(), 9100);
-        assert_eq!(config.store, "redis://127.0.0.1:1");
+        assert_eq!(config.store.to_string(), "redis://127.0.0.1:1");
         assert_eq!(config.limits.max_lookup_keys, 5);
 
         std::fs::write(&file, "[limits]\nmax_lookup_keys = \"many\"\n").expect("write");

@@ -57,7 +57,7 @@ fn stored_name(dtype: Dtype) -> &'static str {
     }
 }
 
-pub(super) fn encode(a: &Answer, stored: bool) -> ApiResult<Vec<u8>> {
+pub(crate) fn encode(a: &Answer, stored: bool) -> ApiResult<Vec<u8>> {
     let n = a.keys.len();
     let mut tensors = Vec::with_capacity(a.fields.len() * 3);
     for (f, (name, spec)) in a.fields.iter().enumerate() {
