@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, `LARDER_*` variables and flags, merged and checked.
-//! - [`open`]: each part on its own (store, raw store, backup, main DB, broker).
+//! - [`open`]: each part on its own (store, raw store, backup, main DB).
 //! - this file: [`App`], the parts together, and the stages built on them.
 
 pub mod config;

@@ -12,20 +12,21 @@ use crate::{AppError, Config};
 pub async fn store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
     larder_store::open(&config.store, &config.store_options())
         .await
-        .map_err(|source| AppError::Store {
-            store: config.store.to_string(),
-            source,
-        })
+        .map_err(store_error(config))
 }
 
 /// The store alone: no backup, no metering (`restore` writes what came from the backup).
 pub async fn raw_store(config: &Config) -> Result<Arc<dyn Store>, AppError> {
     larder_store::open_raw(&config.store, &config.store_options())
         .await
-        .map_err(|source| AppError::Store {
-            store: config.store.to_string(),
-            source,
-        })
+        .map_err(store_error(config))
+}
+
+fn store_error(config: &Config) -> impl FnOnce(larder_store::StoreError) -> AppError + '_ {
+    |source| AppError::Store {
+        store: config.store.to_string(),
+        source,
+    }
 }
 
 /// The backup `config.backup` names, if any.

@@ -16,8 +16,8 @@
 //!
 //! ## Layout
 //!
-//! - `connect.rs`: [`Db`], URL parsing, the pool, SQLite pragmas (WAL, `synchronous=FULL`,
-//!   5 s busy timeout) and the schema with its version check.
+//! - `connect.rs`: [`Db`] on a [`DbUrl`] (parsed in `larder-url`), the pool, SQLite pragmas
+//!   (WAL, `synchronous=FULL`, 5 s busy timeout) and the schema with its version check.
 //! - `categories.rs`: registering and listing categories, the generation cooldown claim.
 //! - `items.rs`: items and evaluations, the dedup pool and the ranking inputs.
 //! - `feedback.rs`: feedback events, validated whole and committed before returning.

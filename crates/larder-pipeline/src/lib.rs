@@ -7,7 +7,8 @@
 //! - [`job`]: the messages between stages (JSON on the broker) and [`job::StageKind`].
 //! - [`stage`]: the [`stage::Stage`] trait every stage implements, and its [`stage::Deps`].
 //! - [`stages`]: one file per stage, each `XConfig` + `build()` + `process` + tests.
-//! - [`text`]: text checks of the filter (normalization, script, near duplicates, injection).
+//! - [`text`]: the text rules stages share (normalization, script, near duplicates and their
+//!   threshold [`text::TextRules`], injection, code fences).
 //! - [`runner`]: builds stages from config and runs them on a broker, in-process
 //!   ([`runner::PipelineHost`], its own runtime) or one per worker process.
 //! - [`queue`]: the broker side of [`larder_categories::Jobs`]: how the category domain

@@ -44,7 +44,7 @@ pub fn build_stages(
     deps: &Deps,
     kinds: &[StageKind],
 ) -> Result<Vec<Arc<dyn Stage>>, StageError> {
-    deps.text.check().map_err(StageError::Config)?;
+    deps.text.check()?;
     kinds
         .iter()
         .map(|kind| -> Result<Arc<dyn Stage>, StageError> {

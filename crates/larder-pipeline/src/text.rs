@@ -40,13 +40,13 @@ impl Default for TextRules {
 }
 
 impl TextRules {
-    /// The rules, or a message naming what is out of range.
-    pub fn check(&self) -> Result<(), String> {
+    /// The rules, or a config error naming what is out of range.
+    pub fn check(&self) -> Result<(), crate::StageError> {
         if !(0.0..=1.0).contains(&self.near_duplicate) {
-            return Err(format!(
+            return Err(crate::StageError::Config(format!(
                 "pipeline.text.near_duplicate must be in 0..=1, got {}",
                 self.near_duplicate
-            ));
+            )));
         }
         Ok(())
     }

@@ -3,10 +3,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use larder_store::codec::CodecError;
 use larder_store::StoreError;
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -122,8 +120,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, code, "request failed");
         }
-        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
-        (status, body).into_response()
+        larder_ops::error_response(status, code, &self.to_string())
     }
 }
 

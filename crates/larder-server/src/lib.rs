@@ -14,7 +14,8 @@
 //! - [`state`]: shared state and the namespace schema cache.
 //! - [`breaker`]: the circuit breaker behind degraded lookups.
 //! - [`auth`]: bearer tokens for `/v1`.
-//! - [`metrics`]: the Prometheus recorder, metric names, per-route middleware.
+//! - [`metrics`]: metric names and the per-route middleware (the recorder is
+//!   [`larder_ops::recorder`], shared with workers).
 
 mod answer;
 pub mod auth;

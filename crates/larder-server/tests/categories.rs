@@ -690,13 +690,8 @@ async fn refresh_answers_202_queues_at_most_once_a_second_and_registers_unknown_
 
     // Refresh answers 202 for any category; an unknown one is registered, as a request for
     // its items would.
-    let (status, body) = s
-        .send(
-            Method::POST,
-            &format!("{}/refresh", category("no such category")),
-            None,
-        )
-        .await;
+    let unknown = format!("{}/refresh", category("no such category"));
+    let (status, body) = s.send(Method::POST, &unknown, None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(
         body["queued"], true,
@@ -707,13 +702,7 @@ async fn refresh_answers_202_queues_at_most_once_a_second_and_registers_unknown_
         "refresh registers"
     );
     // A client looping on refresh cannot flood the providers: at most one a second.
-    let (status, body) = s
-        .send(
-            Method::POST,
-            &format!("{}/refresh", category("no such category")),
-            None,
-        )
-        .await;
+    let (status, body) = s.send(Method::POST, &unknown, None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["queued"], false, "{body}");
     s.stop().await;

@@ -1,8 +1,9 @@
 //! The `larder` binary: `serve` runs the HTTP server (and, by default, the whole pipeline
 //! in-process), `worker` runs one pipeline stage, `mock-llm` the mock provider server,
 //! `rebuild` restores serving views from the main DB, `restore` rebuilds entities from the
-//! backup, `bench` drives load.
-//! `main` only parses arguments and hands off; every command lives in its own module.
+//! backup, `load` re-injects embeddings from files, `bench` drives load.
+//! `main` only parses arguments and hands off; every command lives in its own module and
+//! builds what it needs through `larder-app` (only `serve` uses the HTTP crate).
 
 mod bench;
 mod load;

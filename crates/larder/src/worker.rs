@@ -10,10 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::routing::get;
-use axum::Router;
 use clap::Args;
 use larder_app::{App, AppError, Config, Overrides};
+use larder_ops::Unready;
 use larder_pipeline::{StageError, StageKind};
 
 #[derive(Args)]
@@ -103,7 +102,7 @@ enum WorkerError {
 }
 
 async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<(), WorkerError> {
-    larder_server::metrics::handle();
+    larder_ops::recorder();
     let app = App::open(config).await?;
     if app.broker.kind() == "memory" {
         return Err(WorkerError::MemoryBroker);
@@ -172,33 +171,22 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
     Ok(())
 }
 
-fn ops_router(store: Arc<dyn larder_store::Store>, db: larder_db::Db) -> Router {
-    use larder_server::routes::ops;
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/metrics", get(ops::metrics))
-        .route(
-            "/readyz",
-            get(move || {
-                let (store, db) = (store.clone(), db.clone());
-                async move { readyz(store, db).await }
-            }),
-        )
+fn ops_router(store: Arc<dyn larder_store::Store>, db: larder_db::Db) -> axum::Router {
+    larder_ops::router(move || readyz(store.clone(), db.clone()))
 }
 
 /// Ready when both the store and the main DB answer within 2 s.
 async fn readyz(
     store: Arc<dyn larder_store::Store>,
     db: larder_db::Db,
-) -> Result<axum::Json<serde_json::Value>, larder_server::error::ApiError> {
-    use larder_server::error::ApiError;
+) -> Result<serde_json::Value, Unready> {
     let timeout = std::time::Duration::from_secs(2);
     let checks = async { (store.ping().await, db.ping().await) };
     match tokio::time::timeout(timeout, checks).await {
-        Ok((Ok(()), Ok(()))) => Ok(axum::Json(serde_json::json!({"status": "ready"}))),
-        Ok((Err(error), _)) => Err(ApiError::Unavailable(format!("store: {error}"))),
-        Ok((_, Err(error))) => Err(ApiError::Unavailable(format!("main DB: {error}"))),
-        Err(_) => Err(ApiError::Unavailable(format!(
+        Ok((Ok(()), Ok(()))) => Ok(serde_json::json!({"status": "ready"})),
+        Ok((Err(error), _)) => Err(Unready(format!("store: {error}"))),
+        Ok((_, Err(error))) => Err(Unready(format!("main DB: {error}"))),
+        Err(_) => Err(Unready(format!(
             "store and main DB did not answer within {timeout:?}"
         ))),
     }

@@ -11,9 +11,7 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
-}
+pub use larder_ops::{healthz, metrics};
 
 /// Ready when the store answers a ping within the response timeout. With a backup, the body
 /// also says whether the backup answers (writes are refused while it does not) and how many
@@ -38,13 +36,6 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
             "store did not answer a ping within {timeout:?}"
         ))),
     }
-}
-
-pub async fn metrics() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
-    )
 }
 
 pub async fn openapi() -> impl IntoResponse {

@@ -13,6 +13,7 @@
 //! `INFO server` reports, so it must run on this machine. `--json` adds one JSON line with
 //! the same figures, for scripts and tests.
 
+use super::BenchError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,22 +71,22 @@ struct Seen {
     good_reads: Vec<Instant>,
 }
 
-fn node_client(node: &str) -> Result<redis::Client, String> {
-    redis::Client::open(format!("redis://{node}")).map_err(|e| format!("--cluster {node}: {e}"))
+fn node_client(node: &str) -> Result<redis::Client, BenchError> {
+    redis::Client::open(format!("redis://{node}"))
+        .map_err(|e| BenchError::Failed(format!("--cluster {node}: {e}")))
 }
 
-async fn query(node: &str, cmd: &redis::Cmd) -> Result<String, String> {
+async fn query(node: &str, cmd: &redis::Cmd) -> Result<String, BenchError> {
     let client = node_client(node)?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(300)))
         .set_response_timeout(Some(Duration::from_millis(300)));
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     cmd.query_async::<String>(&mut conn)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(BenchError::from)
 }
 
 fn cmd(args: &[&str]) -> redis::Cmd {
@@ -97,7 +98,7 @@ fn cmd(args: &[&str]) -> redis::Cmd {
 }
 
 /// A live primary that owns slots, and its pid.
-async fn pick_victim(nodes: &[String]) -> Result<(String, u32), String> {
+async fn pick_victim(nodes: &[String]) -> Result<(String, u32), BenchError> {
     for node in nodes {
         let Ok(view) = query(node, &cmd(&["CLUSTER", "NODES"])).await else {
             continue;
@@ -151,12 +152,11 @@ fn vector(dim: usize, x: f32) -> Vec<f32> {
     vec![x; dim]
 }
 
-pub async fn run(args: FailoverArgs) -> Result<(), String> {
+pub async fn run(args: FailoverArgs) -> Result<(), BenchError> {
     let nodes: Vec<String> = args.cluster.split(',').map(str::to_owned).collect();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     let base = args.url.trim_end_matches('/').to_owned();
     let ns = args.namespace.clone();
     let put = client
@@ -164,9 +164,9 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
         .json(&json!({"fields": {"v": {"dim": args.dim, "dtype": "f32"}}}))
         .send()
         .await
-        .map_err(|e| format!("PUT namespace: {e}"))?;
+        .map_err(|e| BenchError::Failed(format!("PUT namespace: {e}")))?;
     if !put.status().is_success() {
-        return Err(format!("PUT namespace answered {}", put.status()));
+        return Err(format!("PUT namespace answered {}", put.status()).into());
     }
     let read_keys: Vec<String> = (0..1000).map(|i| format!("r:{i}")).collect();
     for chunk in read_keys.chunks(500) {
@@ -179,9 +179,9 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
             .json(&json!({ "entities": entities }))
             .send()
             .await
-            .map_err(|e| format!("preload: {e}"))?;
+            .map_err(|e| BenchError::Failed(format!("preload: {e}")))?;
         if !resp.status().is_success() {
-            return Err(format!("preload answered {}", resp.status()));
+            return Err(format!("preload answered {}", resp.status()).into());
         }
     }
 
@@ -254,10 +254,11 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
                     .send()
                     .await;
                 let body = match out {
+                    // The first failure's message is reported, not returned.
                     Ok(r) if r.status().is_success() => {
                         r.json::<Value>().await.map_err(|e| e.to_string())
                     }
-                    Ok(r) => Err(format!("{}", r.status())),
+                    Ok(r) => Err(r.status().to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 let took = start.elapsed();
@@ -282,9 +283,9 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
     let status = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
-        .map_err(|e| format!("kill {pid}: {e}"))?;
+        .map_err(|e| BenchError::Failed(format!("kill {pid}: {e}")))?;
     if !status.success() {
-        return Err(format!("kill -9 {pid} failed"));
+        return Err(format!("kill -9 {pid} failed").into());
     }
     eprintln!("killed primary {victim} (pid {pid})");
     let end = killed_at + Duration::from_secs(args.duration.saturating_sub(args.kill_after));
@@ -328,10 +329,10 @@ pub async fn run(args: FailoverArgs) -> Result<(), String> {
             .json(&json!({"keys": chunk, "fields": ["v"]}))
             .send()
             .await
-            .map_err(|e| format!("verify: {e}"))?
+            .map_err(|e| BenchError::Failed(format!("verify: {e}")))?
             .json()
             .await
-            .map_err(|e| format!("verify: {e}"))?;
+            .map_err(|e| BenchError::Failed(format!("verify: {e}")))?;
         if body["degraded"] == Value::Bool(true) {
             return Err("verify: the lookup answered degraded".into());
         }

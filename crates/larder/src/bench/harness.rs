@@ -2,6 +2,7 @@
 //! from this very binary, killed on drop. Separate processes keep the load generator, the
 //! server and the mock provider from sharing one async runtime, as they would in production.
 
+use super::BenchError;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -11,13 +12,14 @@ use larder_testkit::support::{self, Proc};
 /// A child process of this binary, killed on drop.
 pub type ChildProcess = Proc;
 
-fn larder() -> Result<Command, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the larder binary: {e}"))?;
+fn larder() -> Result<Command, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Failed(format!("cannot find the larder binary: {e}")))?;
     Ok(Command::new(exe))
 }
 
 /// `larder mock-llm` on a free port with `latency_ms`; its URL is read from its first line.
-pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, String> {
+pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, BenchError> {
     let mut command = larder()?;
     command
         .args([
@@ -29,12 +31,12 @@ pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, String> {
         ])
         .env("RUST_LOG", "warn")
         .stderr(Stdio::inherit());
-    Proc::announcing(command, "larder mock-llm", None).map_err(|e| e.to_string())
+    Proc::announcing(command, "larder mock-llm", None).map_err(BenchError::from)
 }
 
 /// `larder serve --config FILE --listen 127.0.0.1:PORT`, ready once `/readyz` answers 200.
-pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess, String> {
-    let port = support::free_port().map_err(|e| e.to_string())?;
+pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess, BenchError> {
+    let port = support::free_port()?;
     let mut command = larder()?;
     command
         .args(["serve", "--config"])
@@ -52,14 +54,16 @@ pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess,
         Duration::from_secs(30),
     )
     .await
-    .map_err(|e| e.to_string())
+    .map_err(BenchError::from)
 }
 
 /// Sum of every sample of metric `name` on the server's `/metrics` page (all label sets).
-pub async fn metric_sum(client: &reqwest::Client, url: &str, name: &str) -> Result<f64, String> {
-    let text = support::metrics_text(client, url)
-        .await
-        .map_err(|e| e.to_string())?;
+pub async fn metric_sum(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+) -> Result<f64, BenchError> {
+    let text = support::metrics_text(client, url).await?;
     Ok(support::metric_sum(&text, name, ""))
 }
 
@@ -130,7 +134,7 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub async fn open(base_url: &str, n: usize) -> Result<Connections, String> {
+    pub async fn open(base_url: &str, n: usize) -> Result<Connections, BenchError> {
         let host = base_url
             .trim_start_matches("http://")
             .trim_end_matches('/')
@@ -139,12 +143,12 @@ impl Connections {
         for _ in 0..n {
             let stream = tokio::net::TcpStream::connect(&host)
                 .await
-                .map_err(|e| format!("cannot connect to {host}: {e}"))?;
+                .map_err(|e| BenchError::Failed(format!("cannot connect to {host}: {e}")))?;
             let _ = stream.set_nodelay(true);
             let (sender, connection) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
-                    .map_err(|e| format!("HTTP handshake with {host}: {e}"))?;
+                    .map_err(|e| BenchError::Failed(format!("HTTP handshake with {host}: {e}")))?;
             tokio::spawn(connection);
             senders.push(tokio::sync::Mutex::new(sender));
         }
@@ -152,24 +156,19 @@ impl Connections {
     }
 
     /// GET `path_and_query` on connection `worker`; the status and body length.
-    pub async fn get(&self, worker: usize, path_and_query: &str) -> Result<(u16, usize), String> {
+    pub async fn get(
+        &self,
+        worker: usize,
+        path_and_query: &str,
+    ) -> Result<(u16, usize), BenchError> {
         use http_body_util::BodyExt;
         let mut sender = self.senders[worker % self.senders.len()].lock().await;
         let request = hyper::Request::get(path_and_query)
             .header(hyper::header::HOST, self.host.as_str())
-            .body(http_body_util::Empty::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+            .body(http_body_util::Empty::new())?;
+        let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body.len()))
     }
 }
@@ -181,10 +180,8 @@ pub async fn histogram(
     url: &str,
     name: &str,
     label: &str,
-) -> Result<Vec<(f64, f64)>, String> {
-    let text = support::metrics_text(client, url)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<(f64, f64)>, BenchError> {
+    let text = support::metrics_text(client, url).await?;
     let prefix = format!("{name}_bucket{{");
     let mut buckets = Vec::new();
     for line in text

@@ -8,6 +8,7 @@
 //! (a refresh of each every second), so generate → filter → evaluate → rank never rests, and
 //! reports how many generations the pipeline completed meanwhile.
 
+use super::BenchError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,9 +60,9 @@ fn print(label: &str, report: &Report) {
     );
 }
 
-pub async fn run(args: ItemsArgs) -> Result<(), String> {
+pub async fn run(args: ItemsArgs) -> Result<(), BenchError> {
     let mock = mock_llm(args.provider_latency_ms)?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
@@ -71,13 +72,11 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
             args.pipeline_concurrency,
             args.pipeline_concurrency,
         ),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let server = serve(&config, &[("BENCH_CLOVA_KEY", "bench-key")]).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
 
     // The served category, ready before anything is measured.
     let items_url = format!(
@@ -93,12 +92,12 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
             .get(format!("{items_url}&wait_ms=5000"))
             .send()
             .await
-            .map_err(|e| format!("cannot reach the server: {e}"))?;
+            .map_err(|e| BenchError::Failed(format!("cannot reach the server: {e}")))?;
         if resp.status() == reqwest::StatusCode::OK {
             break;
         }
         if Instant::now() > ready_by {
-            return Err(format!("category {CATEGORY:?} was not ready within 60 s"));
+            return Err(format!("category {CATEGORY:?} was not ready within 60 s").into());
         }
     }
     // Let its refill finish, so "idle" means idle.
@@ -120,7 +119,7 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
             async move {
                 match connections.get(worker, &path).await? {
                     (200, _) => Ok(()),
-                    (status, _) => Err(format!("status {status}")),
+                    (status, _) => Err(format!("status {status}").into()),
                 }
             }
         }
@@ -147,8 +146,7 @@ pub async fn run(args: ItemsArgs) -> Result<(), String> {
             .put(format!("{}/v1/categories/{name}", server.url))
             .json(&serde_json::json!({"locale": "en"}))
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let flooder = {
@@ -213,7 +211,7 @@ fn print_server_side(before: &[(f64, f64)], after: &[(f64, f64)]) {
 }
 
 /// Wait until no stage has a job in flight for a second.
-async fn wait_idle(client: &reqwest::Client, url: &str) -> Result<(), String> {
+async fn wait_idle(client: &reqwest::Client, url: &str) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut quiet_since: Option<Instant> = None;
     while Instant::now() < deadline {

@@ -2,6 +2,7 @@
 //! requests back to back (closed loop) or on a fixed schedule (open loop) until the deadline,
 //! each recording latency into its own HDR histogram; the histograms are merged at the end.
 
+use super::BenchError;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ impl Report {
 pub async fn drive<F, Fut>(concurrency: usize, duration: Duration, request: F) -> Report
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), BenchError>> + Send,
 {
     run(concurrency, duration, None, request).await
 }
@@ -47,7 +48,7 @@ pub async fn drive_rate<F, Fut>(
 ) -> Report
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), BenchError>> + Send,
 {
     let interval = Duration::from_secs_f64(concurrency as f64 / rate.max(1e-3));
     run(concurrency, duration, Some(interval), request).await
@@ -63,7 +64,7 @@ async fn run<F, Fut>(
 ) -> Report
 where
     F: Fn(usize, u64) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
+    Fut: Future<Output = Result<(), BenchError>> + Send,
 {
     let start = Instant::now() + Duration::from_millis(if interval.is_some() { 20 } else { 0 });
     let deadline = start + duration;

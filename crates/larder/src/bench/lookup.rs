@@ -2,6 +2,7 @@
 //! `--entities` random vectors (with a progress bar), then runs batch lookups of `--keys`
 //! random keys and prints req/s, values/s and p50/p99/p999.
 
+use super::BenchError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ fn request(
     }
 }
 
-async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), String> {
+async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), BenchError> {
     let ns_url = format!("{}/v1/namespaces/{}", args.url, args.namespace);
     let resp = request(
         client,
@@ -75,19 +76,17 @@ async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), String>
     .json(&json!({"fields": {"v": {"dim": args.dim, "dtype": "f32"}}}))
     .send()
     .await
-    .map_err(|e| format!("cannot reach {}: {e}", args.url))?;
+    .map_err(|e| BenchError::Failed(format!("cannot reach {}: {e}", args.url)))?;
     if !resp.status().is_success() {
         return Err(format!(
             "create namespace: {}",
             resp.text().await.unwrap_or_default()
-        ));
-    }
-    let bar = ProgressBar::new(args.entities as u64).with_style(
-        ProgressStyle::with_template(
-            "loading {bar:40} {pos}/{len} entities ({per_sec}, eta {eta})",
         )
-        .map_err(|e| e.to_string())?,
-    );
+        .into());
+    }
+    let bar = ProgressBar::new(args.entities as u64).with_style(ProgressStyle::with_template(
+        "loading {bar:40} {pos}/{len} entities ({per_sec}, eta {eta})",
+    )?);
     let mut rng = rand::rng();
     let chunk = (4_000_000 / (args.dim * 12).max(1)).clamp(1, 1000);
     let mut start = 0;
@@ -109,10 +108,9 @@ async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), String>
         )
         .json(&json!({ "entities": entities }))
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         if !resp.status().is_success() {
-            return Err(format!("upsert: {}", resp.text().await.unwrap_or_default()));
+            return Err(format!("upsert: {}", resp.text().await.unwrap_or_default()).into());
         }
         bar.inc((end - start) as u64);
         start = end;
@@ -121,14 +119,13 @@ async fn load(args: &LookupArgs, client: &reqwest::Client) -> Result<(), String>
     Ok(())
 }
 
-pub async fn run(args: LookupArgs) -> Result<(), String> {
+pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
     if args.keys == 0 || args.concurrency == 0 || args.dim == 0 || args.entities == 0 {
         return Err("--keys, --concurrency, --dim and --entities must be at least 1".into());
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build()?;
     if !args.no_load {
         load(&args, &client).await?;
     }
@@ -158,8 +155,7 @@ pub async fn run(args: LookupArgs) -> Result<(), String> {
                     .header("accept", accept)
                     .json(&body)
                     .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let status = resp.status();
                 let degraded = resp.headers().contains_key("x-larder-degraded");
                 if !status.is_success() || degraded {
@@ -167,13 +163,14 @@ pub async fn run(args: LookupArgs) -> Result<(), String> {
                     return Err(format!(
                         "{status} degraded={degraded} {}",
                         &text[..text.len().min(200)]
-                    ));
+                    )
+                    .into());
                 }
                 // Read the body chunk by chunk without gathering it into one buffer: the client
                 // should cost as little CPU as possible on a machine it shares with the server.
                 let mut resp = resp;
                 let mut received = 0usize;
-                while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+                while let Some(chunk) = resp.chunk().await? {
                     received += chunk.len();
                 }
                 if received == 0 {

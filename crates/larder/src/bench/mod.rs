@@ -10,6 +10,44 @@ mod upsert;
 
 use clap::Subcommand;
 
+/// What stops a bench: flags that cannot work together or an answer it cannot go on with
+/// (`Failed`, said in a sentence), or an error of the part that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Support(#[from] larder_testkit::support::SupportError),
+    #[error(transparent)]
+    Store(#[from] larder_store::StoreError),
+    #[error(transparent)]
+    Codec(#[from] larder_store::codec::CodecError),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("HTTP client: {0}")]
+    Hyper(#[from] hyper::Error),
+    #[error("HTTP request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("progress bar: {0}")]
+    Progress(#[from] indicatif::style::TemplateError),
+}
+
+impl From<String> for BenchError {
+    fn from(message: String) -> Self {
+        BenchError::Failed(message)
+    }
+}
+
+impl From<&str> for BenchError {
+    fn from(message: &str) -> Self {
+        BenchError::Failed(message.to_owned())
+    }
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Batch lookups against a running server (loads its own data first).

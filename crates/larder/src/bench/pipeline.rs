@@ -4,6 +4,7 @@
 //! categories (each queues one generation), and counts completed generator answers over the
 //! measurement window, after a warm-up of one provider latency.
 
+use super::BenchError;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -26,15 +27,14 @@ pub struct PipelineArgs {
     categories: usize,
 }
 
-pub async fn run(args: PipelineArgs) -> Result<(), String> {
+pub async fn run(args: PipelineArgs) -> Result<(), BenchError> {
     let mock = mock_llm(args.provider_latency_ms)?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tempfile::tempdir()?;
     let config = dir.path().join("bench.toml");
     std::fs::write(
         &config,
         bench_config(&mock.url, &["mock-gpt"], args.concurrency, args.concurrency),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let server = serve(&config, &[("BENCH_CLOVA_KEY", "bench-key")]).await?;
     let client = reqwest::Client::new();
     let bar = ProgressBar::new(args.categories as u64).with_style(
@@ -46,10 +46,9 @@ pub async fn run(args: PipelineArgs) -> Result<(), String> {
             .put(format!("{}/v1/categories/bench-{i}", server.url))
             .json(&serde_json::json!({"locale": "en"}))
             .send()
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if !resp.status().is_success() {
-            return Err(format!("registering a category answered {}", resp.status()));
+            return Err(format!("registering a category answered {}", resp.status()).into());
         }
         bar.inc(1);
     }

@@ -2,6 +2,7 @@
 //! (1,000 entities of 768-d by default) straight on the store, then through the backup, in one
 //! run on the same store, and prints the median and p99 per batch of each and their ratio.
 
+use super::BenchError;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted.get(i).copied().unwrap_or_default()
 }
 
-pub async fn run(args: UpsertArgs) -> Result<(), String> {
+pub async fn run(args: UpsertArgs) -> Result<(), BenchError> {
     let dtype: Dtype = serde_json::from_value(serde_json::Value::String(args.dtype.clone()))
         .map_err(|_| {
             format!(
@@ -57,13 +58,13 @@ pub async fn run(args: UpsertArgs) -> Result<(), String> {
     let batch: Vec<EntityWrite> = (0..args.entities)
         .map(|i| {
             let values: Vec<f32> = (0..args.dim).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let bytes = codec::encode(dtype, args.dim, &values).map_err(|e| e.to_string())?;
+            let bytes = codec::encode(dtype, args.dim, &values)?;
             Ok(EntityWrite {
                 key: format!("e:{i}"),
                 fields: vec![("v".to_owned(), bytes)],
             })
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, BenchError>>()?;
     let mut medians = Vec::new();
     for backup in [None, Some(args.backup.clone())] {
         let label = match &backup {
@@ -74,20 +75,12 @@ pub async fn run(args: UpsertArgs) -> Result<(), String> {
             backup,
             ..StoreOptions::default()
         };
-        let store = larder_store::open(&args.store, &options)
-            .await
-            .map_err(|e| e.to_string())?;
-        store
-            .put_schema("bench_upsert", &schema)
-            .await
-            .map_err(|e| e.to_string())?;
+        let store = larder_store::open(&args.store, &options).await?;
+        store.put_schema("bench_upsert", &schema).await?;
         let mut times = Vec::with_capacity(args.rounds);
         for round in 0..args.rounds + 3 {
             let start = Instant::now();
-            store
-                .upsert("bench_upsert", None, batch.clone())
-                .await
-                .map_err(|e| e.to_string())?;
+            store.upsert("bench_upsert", None, batch.clone()).await?;
             if round >= 3 {
                 times.push(start.elapsed());
             }
