@@ -4,6 +4,7 @@
 
 mod common;
 
+use larder_testkit::support::percent_encode;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -32,21 +33,8 @@ async fn server() -> TestServer {
     .await
 }
 
-/// Percent-encode every byte outside RFC 3986's unreserved set, so any name fits one segment.
-fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() * 3);
-    for byte in name.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 fn category(name: &str) -> String {
-    format!("/v1/categories/{}", encode(name))
+    format!("/v1/categories/{}", percent_encode(name))
 }
 
 fn items(name: &str, query: &str) -> String {
@@ -54,7 +42,7 @@ fn items(name: &str, query: &str) -> String {
 }
 
 fn item(name: &str, id: &str) -> String {
-    format!("{}/items/{}", category(name), encode(id))
+    format!("{}/items/{}", category(name), percent_encode(id))
 }
 
 fn feedback(name: &str) -> String {
