@@ -46,6 +46,27 @@ pub struct Config {
     pub db: Option<DbUrl>,
     /// Providers and stages of the pre-generation pipeline.
     pub pipeline: PipelineConfig,
+    /// The in-process near cache of vectors in front of Redis; off when absent.
+    pub near_cache: Option<NearCache>,
+}
+
+/// `near_cache = { max_bytes = N, ttl_ms = N }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NearCache {
+    /// Bytes of cached keys and vectors, at most.
+    pub max_bytes: u64,
+    /// Longest an entry is served without asking Redis (never past the entity's own TTL).
+    pub ttl_ms: u64,
+}
+
+impl Default for NearCache {
+    fn default() -> Self {
+        NearCache {
+            max_bytes: 256 * 1024 * 1024,
+            ttl_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +153,7 @@ impl Default for Config {
             replay: Replay::default(),
             db: None,
             pipeline: Default::default(),
+            near_cache: None,
         }
     }
 }
@@ -221,6 +243,13 @@ impl Config {
                 "replay: write_timeout_ms and batch must be at least 1".into(),
             ));
         }
+        if let Some(near) = &self.near_cache {
+            if near.max_bytes == 0 || near.ttl_ms == 0 {
+                return Err(ConfigError(
+                    "near_cache: max_bytes and ttl_ms must be at least 1 (leave near_cache out to turn it off)".into(),
+                ));
+            }
+        }
         let l = &self.limits;
         if l.max_body_bytes == 0 || l.max_lookup_keys == 0 || l.max_upsert_entities == 0 {
             return Err(ConfigError("limits: every limit must be at least 1".into()));
@@ -258,6 +287,13 @@ impl Config {
                 failover_window: Duration::from_millis(self.replay.failover_window_ms),
                 replay_batch: self.replay.batch,
             },
+            near_cache: self
+                .near_cache
+                .as_ref()
+                .map(|near| larder_store::near::NearCacheOptions {
+                    max_bytes: near.max_bytes,
+                    ttl: Duration::from_millis(near.ttl_ms),
+                }),
         }
     }
 }

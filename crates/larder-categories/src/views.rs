@@ -178,7 +178,9 @@ impl Views {
             Invalidation::Category(category) => {
                 self.cache.remove(&category);
             }
-            Invalidation::All => self.cache.clear(),
+            Invalidation::All | Invalidation::Lost => self.cache.clear(),
+            // Entity writes are the near cache's business.
+            Invalidation::Entities { .. } | Invalidation::Namespace(_) => return,
         }
         self.announced.send_modify(|n| *n += 1);
     }

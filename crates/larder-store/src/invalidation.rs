@@ -1,4 +1,6 @@
-//! Announcements that a category's serving view changed, fanned out in-process.
+//! Announcements that something a serving node caches changed, fanned out in-process: a
+//! category's serving view (the view cache) or entities (the near cache,
+//! [`crate::near::NearCache`]).
 //!
 //! Every backend funnels announcements (its own writes on the embedded store, pub/sub messages
 //! on Redis) into one [`Announcer`], a `tokio::sync::broadcast` channel; every
@@ -9,14 +11,56 @@
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 
-/// What a serving node must drop from its view cache.
+/// What a serving node must drop from its caches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     /// A new view of this category was written.
     Category(String),
+    /// These entities of namespace `ns` were written or deleted.
+    Entities { ns: String, keys: Vec<String> },
+    /// Any entity of namespace `ns` may have changed (a field was dropped, the namespace was
+    /// deleted).
+    Namespace(String),
+    /// The subscription was lost: nothing will be announced until it is back, so nothing
+    /// cached may be trusted or kept meanwhile. [`Invalidation::All`] follows once it is back.
+    Lost,
     /// Announcements may have been missed (the subscription reconnected, or this listener fell
-    /// behind): every cached view is suspect.
+    /// behind): everything cached is suspect.
     All,
+}
+
+/// The message Larder publishes on [`crate::keys::ENTITY_INVALIDATE_CHANNEL`] after a write:
+/// JSON, because entity keys are arbitrary UTF-8 (newlines included). `keys` absent means the
+/// whole namespace.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct EntityMessage<'a> {
+    #[serde(borrow)]
+    pub ns: std::borrow::Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<std::borrow::Cow<'a, str>>>,
+}
+
+impl EntityMessage<'_> {
+    /// The message for `keys` of `ns` (`None`: the whole namespace).
+    pub(crate) fn encode<'k>(ns: &str, keys: Option<impl Iterator<Item = &'k str>>) -> Vec<u8> {
+        let message = EntityMessage {
+            ns: ns.into(),
+            keys: keys.map(|keys| keys.map(Into::into).collect()),
+        };
+        // Serialising strings into a Vec cannot fail.
+        serde_json::to_vec(&message).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(payload: &[u8]) -> Option<Invalidation> {
+        let message: EntityMessage = serde_json::from_slice(payload).ok()?;
+        Some(match message.keys {
+            Some(keys) => Invalidation::Entities {
+                ns: message.ns.into_owned(),
+                keys: keys.into_iter().map(|k| k.into_owned()).collect(),
+            },
+            None => Invalidation::Namespace(message.ns.into_owned()),
+        })
+    }
 }
 
 /// Announcements buffered per listener before it counts as lagging. A burst of this many view
@@ -91,5 +135,24 @@ mod tests {
         assert_eq!(slow.next().await, Some(Invalidation::All));
         // It then carries on with what is still buffered.
         assert!(matches!(slow.next().await, Some(Invalidation::Category(_))));
+    }
+
+    #[test]
+    fn entity_messages_round_trip_any_key() {
+        let keys = ["user:42", "줄\n바꿈", "{tag}"];
+        let payload = EntityMessage::encode("users", Some(keys.iter().copied()));
+        assert_eq!(
+            EntityMessage::decode(&payload),
+            Some(Invalidation::Entities {
+                ns: "users".into(),
+                keys: keys.iter().map(|k| k.to_string()).collect()
+            })
+        );
+        let payload = EntityMessage::encode("users", None::<std::iter::Empty<&str>>);
+        assert_eq!(
+            EntityMessage::decode(&payload),
+            Some(Invalidation::Namespace("users".into()))
+        );
+        assert_eq!(EntityMessage::decode(b"not json"), None);
     }
 }

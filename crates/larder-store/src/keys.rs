@@ -8,6 +8,8 @@
 //! - the serving view of category `C` (its ranked active items) is the string `larder:c:C`;
 //!   serving nodes learn of a new view from the pub/sub channel `larder:invalidate`, whose
 //!   messages are category names;
+//! - near caches learn of entity writes from the pub/sub channel `larder:invalidate:e`, whose
+//!   messages are JSON `{"ns": N, "keys": [K, …]}` (no `keys`: the whole namespace);
 //! - the pipeline's queue into stage `S` is the stream `larder:q:S` (consumer group
 //!   `larder`), and messages delivered too often move to the dead-letter stream `larder:dlq:S`.
 
@@ -44,6 +46,8 @@ pub fn schema(ns: &str) -> String {
 pub const VIEW_PREFIX: &str = "larder:c:";
 /// Pub/sub channel on which a new serving view is announced (message = category name).
 pub const INVALIDATE_CHANNEL: &str = "larder:invalidate";
+/// Pub/sub channel on which entity writes are announced to near caches.
+pub const ENTITY_INVALIDATE_CHANNEL: &str = "larder:invalidate:e";
 /// Consumer group every pipeline stage reads its stream with.
 pub const STAGE_GROUP: &str = "larder";
 

@@ -12,6 +12,8 @@
 //!   [`redis_backend::Batcher`]: a single pipeline on standalone, one pipeline per owning
 //!   node (in parallel) on a cluster.
 //! - [`metered`]: a wrapper that times every store call for `/metrics`.
+//! - [`near`]: the optional in-process near cache of entities in front of Redis, kept
+//!   coherent by the entity announcements every Redis write publishes.
 //! - `invalidation`: the in-process fan-out of "a category's serving view changed"
 //!   announcements ([`Invalidation`]) that every backend feeds.
 //! - [`open`]: builds a store from a typed [`StoreUrl`] (parsed in `larder-url`, re-exported here).
@@ -23,6 +25,7 @@ mod error;
 mod invalidation;
 pub mod keys;
 pub mod metered;
+pub mod near;
 pub mod redis_backend;
 pub mod schema;
 
@@ -63,6 +66,13 @@ pub struct EntityState {
 /// requested field (`None` where the entity lacks that field).
 pub type Row = Option<Vec<Option<Vec<u8>>>>;
 
+/// A lookup's rows and how many of them came from the near cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Looked {
+    pub rows: Vec<Row>,
+    pub cached: usize,
+}
+
 /// The storage operations Larder needs. They mirror Redis hash commands so that the Redis
 /// backends are thin and the embedded backend is a faithful stand-in.
 #[async_trait]
@@ -89,6 +99,29 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_entity(&self, ns: &str, key: &str) -> Result<()>;
     /// The requested fields of every key, rows in request order (duplicates answered in place).
     async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>>;
+    /// [`Store::lookup`], with how long a cache may keep each row: the entity's remaining TTL,
+    /// `None` when it has none. Backends that cannot tell answer `None`; the near cache is
+    /// only put in front of those that can (Redis).
+    async fn lookup_expiring(
+        &self,
+        ns: &str,
+        keys: &[String],
+        fields: &[String],
+    ) -> Result<Vec<(Row, Option<Duration>)>> {
+        Ok(self
+            .lookup(ns, keys, fields)
+            .await?
+            .into_iter()
+            .map(|row| (row, None))
+            .collect())
+    }
+    /// [`Store::lookup`], also saying how many rows a near cache answered (0 without one).
+    async fn lookup_counted(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Looked> {
+        Ok(Looked {
+            rows: self.lookup(ns, keys, fields).await?,
+            cached: 0,
+        })
+    }
     /// Remove one field from every entity of the namespace; returns how many entities had it.
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64>;
     /// Number of entities in the namespace (may be approximate on very large namespaces).
@@ -154,6 +187,9 @@ pub struct StoreOptions {
     pub backup: Option<DbUrl>,
     /// How the dual write and its replay behave.
     pub backed: backup::BackedOptions,
+    /// The near cache in front of Redis lookups, if any (ignored by the embedded store,
+    /// which is in-process already).
+    pub near_cache: Option<near::NearCacheOptions>,
 }
 
 impl Default for StoreOptions {
@@ -167,19 +203,30 @@ impl Default for StoreOptions {
             cluster_batch: redis_backend::ClusterBatch::Grouped,
             backup: None,
             backed: backup::BackedOptions::default(),
+            near_cache: None,
         }
     }
 }
 
 /// Open the store `url` names, dual-writing to `options.backup` when one is given. Every store
-/// comes wrapped in [`metered::Metered`].
+/// comes wrapped in [`metered::Metered`] (so store metrics count only what reaches Redis),
+/// and a Redis store in [`near::NearCache`] when `options.near_cache` is set.
 pub async fn open(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn Store>> {
     let raw = open_raw(url, options).await?;
-    Ok(match &options.backup {
-        Some(backup) => Arc::new(metered::Metered::new(Arc::new(
-            backup::Backed::connect(raw, backup, options.backed.clone()).await?,
-        ))),
-        None => Arc::new(metered::Metered::new(raw)),
+    let backed: Arc<dyn Store> = match &options.backup {
+        Some(backup) => {
+            Arc::new(backup::Backed::connect(raw, backup, options.backed.clone()).await?)
+        }
+        None => raw,
+    };
+    let metered: Arc<dyn Store> = Arc::new(metered::Metered::new(backed));
+    Ok(match (options.near_cache, url) {
+        (Some(near), StoreUrl::Redis(_)) => Arc::new(near::NearCache::new(metered, near)),
+        (Some(_), StoreUrl::Embedded) => {
+            tracing::info!("near_cache is ignored on the embedded store, which is in-process");
+            metered
+        }
+        (None, _) => metered,
     })
 }
 

@@ -93,6 +93,15 @@ impl Store for Metered {
         self.timed("lookup", self.inner.lookup(ns, keys, fields))
             .await
     }
+    async fn lookup_expiring(
+        &self,
+        ns: &str,
+        keys: &[String],
+        fields: &[String],
+    ) -> Result<Vec<(Row, Option<std::time::Duration>)>> {
+        self.timed("lookup", self.inner.lookup_expiring(ns, keys, fields))
+            .await
+    }
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64> {
         self.timed("drop_field", self.inner.drop_field(ns, field))
             .await

@@ -10,6 +10,11 @@ use crate::codec::Dtype;
 pub const MAX_DIM: usize = 65_536;
 /// Entity keys are 1..=512 bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 512;
+/// Default of [`NamespaceSchema::max_entity_bytes`]: 1 MiB. Redis serves a hash of this size
+/// in about a millisecond of its single thread; much bigger entities stall every other client.
+pub const DEFAULT_MAX_ENTITY_BYTES: u64 = 1 << 20;
+/// Default of [`NamespaceSchema::max_fields`].
+pub const DEFAULT_MAX_FIELDS: usize = 64;
 
 /// One embedding type of a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,7 +25,7 @@ pub struct FieldSpec {
 }
 
 /// What `PUT /v1/namespaces/{ns}` stores and `larder:ns:{ns}` holds (as JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceSchema {
     pub fields: BTreeMap<String, FieldSpec>,
     #[serde(default)]
@@ -28,6 +33,78 @@ pub struct NamespaceSchema {
     /// Vectors served in degraded mode instead of zeros, per field (f32 values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fallback: BTreeMap<String, Vec<f32>>,
+    /// Largest entity, in bytes of key, field names and values; `None` means
+    /// [`DEFAULT_MAX_ENTITY_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entity_bytes: Option<u64>,
+    /// Most fields the namespace may define; `None` means [`DEFAULT_MAX_FIELDS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fields: Option<usize>,
+}
+
+impl NamespaceSchema {
+    pub fn max_entity_bytes(&self) -> u64 {
+        self.max_entity_bytes.unwrap_or(DEFAULT_MAX_ENTITY_BYTES)
+    }
+
+    pub fn max_fields(&self) -> usize {
+        self.max_fields.unwrap_or(DEFAULT_MAX_FIELDS)
+    }
+
+    /// The size limits a schema must keep: at most [`Self::max_fields`] fields, and an entity
+    /// holding every field (with the longest key) within [`Self::max_entity_bytes`]. Because
+    /// every field has a fixed size, an upsert into a schema that passes can never build an
+    /// entity over the limit, whatever it merges with. The error says what to change.
+    pub fn check_limits(&self) -> Result<(), String> {
+        if self.fields.len() > self.max_fields() {
+            return Err(format!(
+                "{} fields; the limit is {} (max_fields)",
+                self.fields.len(),
+                self.max_fields()
+            ));
+        }
+        let full = MAX_KEY_BYTES as u64
+            + self
+                .fields
+                .iter()
+                .map(|(name, spec)| name.len() as u64 + spec.value_bytes() as u64)
+                .sum::<u64>();
+        if full > self.max_entity_bytes() {
+            return Err(format!(
+                "an entity with every field would take up to {full} bytes; the limit is {} (max_entity_bytes)",
+                self.max_entity_bytes()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes one write of `fields` under `key` adds to an entity: the check for namespaces
+    /// stored before [`Self::check_limits`] existed, which may exceed it as a whole.
+    pub fn check_entity<'a>(
+        &self,
+        key: &str,
+        fields: impl IntoIterator<Item = (&'a str, usize)>,
+    ) -> Result<(), String> {
+        let bytes = key.len() as u64
+            + fields
+                .into_iter()
+                .map(|(name, len)| (name.len() + len) as u64)
+                .sum::<u64>();
+        if bytes > self.max_entity_bytes() {
+            return Err(format!(
+                "entity {key:?} would take {bytes} bytes; the limit is {} (max_entity_bytes)",
+                self.max_entity_bytes()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl FieldSpec {
+    /// Bytes of one stored vector of this field.
+    pub fn value_bytes(&self) -> usize {
+        self.dtype.stored_len(self.dim)
+    }
 }
 
 /// `^[a-z0-9][a-z0-9_-]{0,63}$`: namespace and field names.

@@ -69,6 +69,8 @@ fn schema(ttl_seconds: Option<u64>) -> NamespaceSchema {
         ]),
         ttl_seconds,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     }
 }
 

@@ -28,6 +28,8 @@ async fn loaded(cluster: &RedisCluster, n: usize) -> (RedisStore, Vec<String>) {
         )]),
         ttl_seconds: None,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     };
     store.put_schema("items", &schema).await.expect("schema");
     let keys: Vec<String> = (0..n).map(|i| format!("item:{i}")).collect();
@@ -301,7 +303,11 @@ async fn invalidations_move_to_another_node_when_theirs_dies() {
     let after_kill = tokio::time::timeout(Duration::from_secs(10), heard.next())
         .await
         .expect("noticed the dead node within 10 s");
-    assert_eq!(after_kill, Some(Invalidation::All));
+    assert_eq!(after_kill, Some(Invalidation::Lost));
+    let resubscribed = tokio::time::timeout(Duration::from_secs(10), heard.next())
+        .await
+        .expect("resubscribed within 10 s");
+    assert_eq!(resubscribed, Some(Invalidation::All));
     let now = subscribed_nodes(&cluster);
     assert_eq!(now.len(), 1, "resubscribed on one live node");
     assert_ne!(now[0], subscribed[0]);

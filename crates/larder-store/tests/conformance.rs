@@ -30,6 +30,8 @@ fn schema(ttl: Option<u64>) -> NamespaceSchema {
         ]),
         ttl_seconds: ttl,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     }
 }
 
@@ -441,6 +443,11 @@ async fn invalidations_resume_after_a_redis_restart() {
     tokio::task::block_in_place(|| server.restart());
     assert_eq!(
         heard_within(&mut heard, 10).await,
+        Invalidation::Lost,
+        "losing the subscription is announced at once, so near caches stop serving"
+    );
+    assert_eq!(
+        heard_within(&mut heard, 10).await,
         Invalidation::All,
         "messages published while the server was away are lost, so everything is invalidated"
     );
@@ -545,6 +552,11 @@ async fn invalidations_resubscribe_when_the_server_stops_answering() {
     // A server that keeps the socket open but answers nothing, like a lost network path: only
     // the subscription's periodic PING (every 5 s, 2 s timeout) can tell.
     assert_eq!(server.cli(&["CLIENT", "PAUSE", "9000", "ALL"]), "OK");
+    assert_eq!(
+        heard_within(&mut heard, 20).await,
+        Invalidation::Lost,
+        "the silent connection was noticed"
+    );
     assert_eq!(
         heard_within(&mut heard, 20).await,
         Invalidation::All,

@@ -148,6 +148,8 @@ async fn loaded(cluster: &RedisCluster, backup: Option<String>) -> Arc<dyn Store
         )]),
         ttl_seconds: None,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     };
     store.put_schema("items", &schema).await.expect("schema");
     let writes = (0..KEYS)

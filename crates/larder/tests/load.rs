@@ -81,6 +81,8 @@ async fn namespace(redis: &RedisServer) -> Arc<dyn Store> {
         ]),
         ttl_seconds: None,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     };
     store.put_schema("emb", &schema).await.expect("schema");
     store

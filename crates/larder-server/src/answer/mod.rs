@@ -20,6 +20,8 @@ pub(crate) struct Answer<'a> {
     pub rows: Vec<Row>,
     /// Per field: stored bytes of the vector served in degraded mode.
     pub fallback: Option<Vec<Vec<u8>>>,
+    /// Rows the near cache answered, when there is one.
+    pub cached: Option<usize>,
 }
 
 impl Answer<'_> {
@@ -89,10 +91,13 @@ impl Serialize for JsonAnswer<'_> {
                 .collect(),
         };
         let rows: Vec<JsonRow> = (0..a.keys.len()).map(|i| JsonRow(a, i)).collect();
-        let mut out = s.serialize_struct("Answer", 3)?;
+        let mut out = s.serialize_struct("Answer", 4)?;
         out.serialize_field("results", &rows)?;
         out.serialize_field("missing", &missing)?;
         out.serialize_field("degraded", &a.fallback.is_some())?;
+        if let Some(cached) = a.cached {
+            out.serialize_field("cached", &cached)?;
+        }
         out.end()
     }
 }

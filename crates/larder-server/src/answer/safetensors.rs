@@ -44,7 +44,7 @@ struct Entry<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum HeaderValue<'a> {
-    Meta(BTreeMap<&'static str, &'static str>),
+    Meta(BTreeMap<&'static str, String>),
     Tensor(Entry<'a>),
 }
 
@@ -99,15 +99,11 @@ pub(crate) fn encode(a: &Answer, stored: bool) -> ApiResult<Vec<u8>> {
     tensors.sort_by(|x, y| y.align.cmp(&x.align).then_with(|| x.name.cmp(&y.name)));
 
     let mut header: BTreeMap<&str, HeaderValue> = BTreeMap::new();
-    let degraded = if a.fallback.is_some() {
-        "true"
-    } else {
-        "false"
-    };
-    header.insert(
-        "__metadata__",
-        HeaderValue::Meta(BTreeMap::from([("degraded", degraded)])),
-    );
+    let mut meta = BTreeMap::from([("degraded", a.fallback.is_some().to_string())]);
+    if let Some(cached) = a.cached {
+        meta.insert("cached", cached.to_string());
+    }
+    header.insert("__metadata__", HeaderValue::Meta(meta));
     let mut offset = 0;
     for t in &tensors {
         header.insert(

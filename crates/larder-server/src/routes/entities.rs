@@ -74,7 +74,15 @@ fn encode_batch(
                         .map_err(|e| ApiError::codec(&format!("entities[{i}].fields.{name}"), e))?;
                     Ok((name, bytes))
                 })
-                .collect::<ApiResult<_>>()?;
+                .collect::<ApiResult<Vec<_>>>()?;
+            schema
+                .check_entity(
+                    &entity.key,
+                    fields
+                        .iter()
+                        .map(|(n, v): &(String, Vec<u8>)| (n.as_str(), v.len())),
+                )
+                .map_err(|e| ApiError::TooLarge(format!("entities[{i}]: {e}")))?;
             Ok(EntityWrite {
                 key: entity.key,
                 fields,

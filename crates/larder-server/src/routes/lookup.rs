@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use larder_store::Row;
+use larder_store::Looked;
 use serde::Deserialize;
 
 use crate::answer::{self, Answer};
@@ -90,15 +90,23 @@ pub async fn lookup(
         .collect::<ApiResult<Vec<_>>>()?;
     metrics::counter!(names::LOOKUP_KEYS).increment(req.keys.len() as u64);
 
-    let rows = fetch(&state, &ns, &req.keys, &names, deadline).await;
-    let answer = Answer {
-        keys: &req.keys,
-        fallback: match rows {
-            Some(_) => None,
-            None => Some(answer::fallback_bytes(&schema, &fields)?),
+    let looked = fetch(&state, &ns, &req.keys, &names, deadline).await;
+    let near_cache = state.config.near_cache.is_some();
+    let answer = match looked {
+        Some(looked) => Answer {
+            keys: &req.keys,
+            fallback: None,
+            rows: looked.rows,
+            cached: near_cache.then_some(looked.cached),
+            fields,
         },
-        rows: rows.unwrap_or_default(),
-        fields,
+        None => Answer {
+            keys: &req.keys,
+            fallback: Some(answer::fallback_bytes(&schema, &fields)?),
+            rows: Vec::new(),
+            cached: near_cache.then_some(0),
+            fields,
+        },
     };
     let binary = headers
         .get(header::ACCEPT)
@@ -126,12 +134,12 @@ async fn fetch(
     keys: &[String],
     fields: &[String],
     deadline: Instant,
-) -> Option<Vec<Row>> {
+) -> Option<Looked> {
     let Some(permit) = state.breaker.allow() else {
         metrics::counter!(names::DEGRADED, "reason" => "breaker_open").increment(1);
         return None;
     };
-    let lookup = state.store.lookup(ns, keys, fields);
+    let lookup = state.store.lookup_counted(ns, keys, fields);
     match tokio::time::timeout_at(deadline.into(), lookup).await {
         Ok(Ok(rows)) => {
             permit.record(true);

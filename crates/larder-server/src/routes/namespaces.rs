@@ -20,6 +20,11 @@ pub struct PutNamespace {
     ttl_seconds: Option<u64>,
     #[serde(default)]
     fallback: BTreeMap<String, Vec<f32>>,
+    /// Size guards; absent keeps what the namespace has (else the defaults).
+    #[serde(default)]
+    max_entity_bytes: Option<u64>,
+    #[serde(default)]
+    max_fields: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -73,15 +78,7 @@ pub async fn put(
             )));
         }
     }
-    let mut schema = state
-        .store
-        .get_schema(&ns)
-        .await?
-        .unwrap_or(NamespaceSchema {
-            fields: BTreeMap::new(),
-            ttl_seconds: None,
-            fallback: BTreeMap::new(),
-        });
+    let mut schema = state.store.get_schema(&ns).await?.unwrap_or_default();
     let mut changed = Vec::new();
     for (name, spec) in &body.fields {
         if let Some(old) = schema.fields.get(name) {
@@ -106,6 +103,14 @@ pub async fn put(
             .map_err(|e| ApiError::codec(&format!("fallback.{name}"), e))?;
     }
     schema.ttl_seconds = body.ttl_seconds;
+    if body.max_entity_bytes.is_some() {
+        schema.max_entity_bytes = body.max_entity_bytes;
+    }
+    if body.max_fields.is_some() {
+        schema.max_fields = body.max_fields;
+    }
+    // Before anything is dropped or stored: a refused schema changes nothing.
+    schema.check_limits().map_err(ApiError::TooLarge)?;
     schema.fallback.retain(|name, _| !changed.contains(name));
     schema.fallback.extend(body.fallback);
     for name in &changed {

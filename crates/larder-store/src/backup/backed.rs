@@ -257,6 +257,15 @@ impl Store for Backed {
         self.inner.lookup(ns, keys, fields).await
     }
 
+    async fn lookup_expiring(
+        &self,
+        ns: &str,
+        keys: &[String],
+        fields: &[String],
+    ) -> Result<Vec<(Row, Option<std::time::Duration>)>> {
+        self.inner.lookup_expiring(ns, keys, fields).await
+    }
+
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64> {
         self.db.drop_field(ns, field).await?;
         self.inner.drop_field(ns, field).await

@@ -19,6 +19,7 @@ pub use cluster::{Cluster, Failover, NodeConnector};
 
 use subscriber::Subscriber;
 
+use crate::invalidation::EntityMessage;
 use crate::{
     keys, ClusterUrl, EntityState, EntityWrite, Invalidation, NamespaceSchema, Result, Row, Store,
     StoreError, StoreOptions,
@@ -147,6 +148,30 @@ impl Cluster {
     }
 }
 
+impl RedisStore {
+    /// Run entity writes, then announce them to near caches (PUBLISH on
+    /// [`keys::ENTITY_INVALIDATE_CHANNEL`]) once they are applied: a cache that drops an entry
+    /// and reads it again must read the new value. On standalone Redis one pipeline does both
+    /// in order; on a cluster the writes' owners and the node taking the PUBLISH differ, so
+    /// the writes are acknowledged first. A failed announcement fails the call, so that the
+    /// caller (or the backup's replay) writes, and announces, again.
+    async fn write_and_announce(&self, mut cmds: Vec<Keyed>, message: Vec<u8>) -> Result<()> {
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(keys::ENTITY_INVALIDATE_CHANNEL).arg(message);
+        let channel = keys::ENTITY_INVALIDATE_CHANNEL.as_bytes();
+        match &self.batcher.topology {
+            Topology::Single(_) => {
+                cmds.push(keyed(channel.to_vec(), publish));
+                self.batcher.run(cmds).await.map(drop)
+            }
+            Topology::Cluster(_) => {
+                self.batcher.run(cmds).await?;
+                self.batcher.one(channel, publish).await.map(drop)
+            }
+        }
+    }
+}
+
 fn keyed(key: Vec<u8>, cmd: Cmd) -> Keyed {
     Keyed { key, cmd }
 }
@@ -227,7 +252,7 @@ impl Store for RedisStore {
         entities: Vec<EntityWrite>,
     ) -> Result<()> {
         let mut cmds = Vec::with_capacity(entities.len() * 2);
-        for entity in entities {
+        for entity in &entities {
             let key = keys::entity(ns, &entity.key);
             let mut hset = redis::cmd("HSET");
             hset.arg(&key);
@@ -249,7 +274,8 @@ impl Store for RedisStore {
             cmds.push(keyed(key.clone(), hset));
             cmds.push(keyed(key, expiry));
         }
-        self.batcher.run(cmds).await.map(drop)
+        let message = EntityMessage::encode(ns, Some(entities.iter().map(|e| e.key.as_str())));
+        self.write_and_announce(cmds, message).await
     }
 
     async fn get_entity(&self, ns: &str, key: &str) -> Result<Option<Vec<(String, Vec<u8>)>>> {
@@ -278,7 +304,9 @@ impl Store for RedisStore {
         let redis_key = keys::entity(ns, key);
         let mut del = redis::cmd("DEL");
         del.arg(redis_key.as_slice());
-        self.batcher.one(&redis_key, del).await.map(drop)
+        let message = EntityMessage::encode(ns, Some(std::iter::once(key)));
+        self.write_and_announce(vec![keyed(redis_key, del)], message)
+            .await
     }
 
     async fn lookup(&self, ns: &str, keys: &[String], fields: &[String]) -> Result<Vec<Row>> {
@@ -325,6 +353,47 @@ impl Store for RedisStore {
             .collect())
     }
 
+    /// HMGET and PTTL of every key in one batch: PTTL tells both whether the entity exists
+    /// (-2: no) and how long it lives, so this needs no EXISTS trip.
+    async fn lookup_expiring(
+        &self,
+        ns: &str,
+        keys: &[String],
+        fields: &[String],
+    ) -> Result<Vec<(Row, Option<Duration>)>> {
+        let mut cmds = Vec::with_capacity(keys.len() * 2);
+        for key in keys {
+            let redis_key = keys::entity(ns, key);
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(redis_key.as_slice()).arg(fields);
+            let mut pttl = redis::cmd("PTTL");
+            pttl.arg(redis_key.as_slice());
+            cmds.push(keyed(redis_key.clone(), hmget));
+            cmds.push(keyed(redis_key, pttl));
+        }
+        let mut replies = self.batcher.run(cmds).await?.into_iter();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (Some(values), Some(ttl)) = (replies.next(), replies.next()) else {
+                return Err(corrupt(key, "a reply is missing"));
+            };
+            let values = match values {
+                Value::Array(values) => values,
+                other => return Err(corrupt(key, format!("HMGET answered {other:?}"))),
+            };
+            rows.push(match ttl {
+                Value::Int(-2) => (None, None),
+                Value::Int(ms) if ms >= 0 => (
+                    Some(values.into_iter().map(into_bytes).collect()),
+                    Some(Duration::from_millis(ms as u64)),
+                ),
+                Value::Int(_) => (Some(values.into_iter().map(into_bytes).collect()), None),
+                other => return Err(corrupt(key, format!("PTTL answered {other:?}"))),
+            });
+        }
+        Ok(rows)
+    }
+
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64> {
         let found = self.batcher.scan(&keys::entity_pattern(ns)).await?;
         let mut dropped = 0;
@@ -343,6 +412,11 @@ impl Store for RedisStore {
                 }
             }
         }
+        self.write_and_announce(
+            Vec::new(),
+            EntityMessage::encode(ns, None::<std::iter::Empty<&str>>),
+        )
+        .await?;
         Ok(dropped)
     }
 
@@ -352,7 +426,7 @@ impl Store for RedisStore {
 
     async fn put_states(&self, ns: &str, states: Vec<EntityState>) -> Result<()> {
         let mut cmds = Vec::with_capacity(states.len() * 2);
-        for state in states {
+        for state in &states {
             let key = keys::entity(ns, &state.key);
             if state.deleted || state.fields.is_empty() {
                 let mut del = redis::cmd("DEL");
@@ -381,7 +455,8 @@ impl Store for RedisStore {
             cmds.push(keyed(key.clone(), hset));
             cmds.push(keyed(key, expiry));
         }
-        self.batcher.run(cmds).await.map(drop)
+        let message = EntityMessage::encode(ns, Some(states.iter().map(|s| s.key.as_str())));
+        self.write_and_announce(cmds, message).await
     }
 
     fn failovers(&self) -> Option<tokio::sync::broadcast::Receiver<Failover>> {

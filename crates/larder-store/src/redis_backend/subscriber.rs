@@ -1,9 +1,11 @@
-//! The subscription to `larder:invalidate` behind [`crate::Store::invalidations`] on Redis.
+//! The subscription to `larder:invalidate` (views) and `larder:invalidate:e` (entities) behind
+//! [`crate::Store::invalidations`] on Redis.
 //!
 //! One dedicated pub/sub connection per store (not one per listener), held by a background
 //! task that forwards every message into the store's [`Announcer`]. When the connection is
-//! lost it reconnects with backoff and then announces [`Invalidation::All`], because whatever
-//! was published meanwhile is gone: Redis pub/sub keeps nothing for absent subscribers.
+//! lost it announces [`Invalidation::Lost`] at once (so a near cache stops serving), reconnects
+//! with backoff and then announces [`Invalidation::All`], because whatever was published
+//! meanwhile is gone: Redis pub/sub keeps nothing for absent subscribers.
 //!
 //! The task tries its nodes in turn, starting after the one it lost: a standalone store has
 //! one node, so it waits for that server to return; a cluster store has the seed list, and
@@ -21,7 +23,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use redis::Value;
 use tokio::task::JoinHandle;
 
-use crate::invalidation::Announcer;
+use crate::invalidation::{Announcer, EntityMessage};
 use crate::{keys, Invalidation, Result, StoreError};
 
 /// How often an idle subscription checks that its server still answers.
@@ -120,7 +122,9 @@ async fn subscribe(
 ) -> Result<(PubSubSink, PubSubStream)> {
     let attempt = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(keys::INVALIDATE_CHANNEL).await?;
+        pubsub
+            .subscribe(&[keys::INVALIDATE_CHANNEL, keys::ENTITY_INVALIDATE_CHANNEL])
+            .await?;
         Ok::<_, redis::RedisError>(pubsub.split())
     };
     // `get_async_pubsub` has no connect timeout of its own; a blackholed address would hang.
@@ -143,6 +147,7 @@ async fn run(
         let node = addr(&resubscribe.nodes[resubscribe.current]);
         tracing::warn!(%node, reason, "view invalidation subscription lost; resubscribing");
         metrics::counter!(crate::metered::INVALIDATION_RECONNECTS).increment(1);
+        announcer.announce(Invalidation::Lost);
         connection = resubscribe.reconnect().await;
         announcer.announce(Invalidation::All);
     }
@@ -164,6 +169,14 @@ async fn forward(
                 let Some(message) = message else {
                     return "connection closed";
                 };
+                if message.get_channel_name() == keys::ENTITY_INVALIDATE_CHANNEL {
+                    match EntityMessage::decode(message.get_payload_bytes()) {
+                        Some(invalidation) => announcer.announce(invalidation),
+                        // Not Larder's message: someone else published on our channel.
+                        None => tracing::warn!("ignoring a malformed message on the entity invalidation channel"),
+                    }
+                    continue;
+                }
                 match std::str::from_utf8(message.get_payload_bytes()) {
                     Ok(category) => announcer.announce(Invalidation::Category(category.to_owned())),
                     // Larder only publishes category names, which are UTF-8; someone else

@@ -50,6 +50,44 @@ pub struct LookupArgs {
     /// Bearer token, when the server requires one.
     #[arg(long, env = "LARDER_TOKEN")]
     token: Option<String>,
+    /// Draw keys from a Zipf(S) distribution over the loaded keys (`k0` the most frequent),
+    /// as real traffic is skewed; without it, keys are drawn uniformly.
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
+}
+
+/// How request keys are drawn from `k0..k{entities}`.
+#[derive(Clone, Copy)]
+enum Keys {
+    Uniform(usize),
+    Zipf(rand_distr::Zipf<f64>),
+}
+
+impl Keys {
+    fn new(entities: usize, zipf: Option<f64>) -> Result<Keys, BenchError> {
+        Ok(match zipf {
+            None => Keys::Uniform(entities),
+            Some(s) => Keys::Zipf(
+                rand_distr::Zipf::new(entities as f64, s)
+                    .map_err(|e| BenchError::Failed(format!("--zipf {s}: {e}")))?,
+            ),
+        })
+    }
+
+    fn draw(&self, rng: &mut impl Rng) -> usize {
+        match self {
+            Keys::Uniform(n) => rng.random_range(0..*n),
+            // Zipf draws ranks 1..=n.
+            Keys::Zipf(zipf) => (rng.sample(zipf) as usize).saturating_sub(1),
+        }
+    }
+
+    fn describe(&self, zipf: Option<f64>) -> String {
+        match zipf {
+            Some(s) => format!("zipf({s})"),
+            None => "uniform".into(),
+        }
+    }
 }
 
 fn request(
@@ -137,7 +175,8 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
         Format::Safetensors => "application/octet-stream",
         Format::Json => "application/json",
     };
-    let (keys, entities, token) = (args.keys, args.entities, Arc::new(args.token.clone()));
+    let draw = Keys::new(args.entities, args.zipf)?;
+    let (keys, token) = (args.keys, Arc::new(args.token.clone()));
     let report = drive(
         args.concurrency,
         Duration::from_secs(args.duration),
@@ -147,7 +186,7 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
                 let body = {
                     let mut rng = rand::rng();
                     let keys: Vec<String> = (0..keys)
-                        .map(|_| format!("k{}", rng.random_range(0..entities)))
+                        .map(|_| format!("k{}", draw.draw(&mut rng)))
                         .collect();
                     json!({ "keys": keys })
                 };
@@ -183,7 +222,7 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
     .await;
     let values = report.requests * args.keys as u64;
     println!(
-        "lookup format={} keys={} dim={} concurrency={}: {} requests, {} errors in {:.1}s",
+        "lookup format={} keys={} dim={} concurrency={} draw={}: {} requests, {} errors in {:.1}s",
         match args.format {
             Format::Safetensors => "safetensors",
             Format::Json => "json",
@@ -191,6 +230,7 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
         args.keys,
         args.dim,
         args.concurrency,
+        draw.describe(args.zipf),
         report.requests,
         report.errors,
         report.elapsed.as_secs_f64()

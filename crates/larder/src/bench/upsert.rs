@@ -53,6 +53,8 @@ pub async fn run(args: UpsertArgs) -> Result<(), BenchError> {
         )]),
         ttl_seconds: None,
         fallback: BTreeMap::new(),
+        max_entity_bytes: None,
+        max_fields: None,
     };
     let mut rng = rand::rng();
     let batch: Vec<EntityWrite> = (0..args.entities)

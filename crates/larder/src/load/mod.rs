@@ -178,7 +178,9 @@ impl Sink {
                     .map(|bytes| ((*name).to_owned(), bytes))
                     .map_err(|e| format!("field {name:?}: {e}"))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<Vec<_>, String>>()?;
+        self.schema
+            .check_entity(key, fields.iter().map(|(n, v)| (n.as_str(), v.len())))?;
         Ok(EntityWrite {
             key: key.to_owned(),
             fields,
