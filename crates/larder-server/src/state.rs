@@ -32,7 +32,31 @@ impl AppState {
         }
     }
 
-    /// The namespace's schema, or `404 not_found`.
+    /// The namespace `name` names, and its schema: `name` itself, or the namespace the alias
+    /// `name` points at. Resolved once per request, so a request sees one version even while
+    /// the alias flips. `400` for a bad name, `404 not_found` when there is no such name.
+    pub async fn namespace(&self, name: &str) -> ApiResult<(String, Arc<NamespaceSchema>)> {
+        crate::routes::namespaces::check_namespace_name(name)?;
+        let schema = self.schema(name).await?;
+        if schema.deleting {
+            return Err(ApiError::NotFound(format!(
+                "namespace {name:?} is being deleted"
+            )));
+        }
+        let Some(target) = &schema.alias else {
+            return Ok((name.to_owned(), schema));
+        };
+        match self.schemas.get(&self.store, target).await? {
+            Some(resolved) if resolved.alias.is_none() && !resolved.deleting => {
+                Ok((target.clone(), resolved))
+            }
+            _ => Err(ApiError::NotFound(format!(
+                "alias {name:?} points at namespace {target:?}, which does not exist"
+            ))),
+        }
+    }
+
+    /// The schema record stored under `ns` (a namespace's, or an alias's), or `404 not_found`.
     pub async fn schema(&self, ns: &str) -> ApiResult<Arc<NamespaceSchema>> {
         self.schemas
             .get(&self.store, ns)
@@ -127,6 +151,11 @@ impl SchemaCache {
                 }
             }
         }
+    }
+
+    /// Drop `ns` (a deleted namespace or alias) at once.
+    pub fn forget(&self, ns: &str) {
+        self.write().remove(ns);
     }
 
     pub fn put(&self, ns: &str, schema: NamespaceSchema) -> Arc<NamespaceSchema> {

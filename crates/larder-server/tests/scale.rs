@@ -168,3 +168,190 @@ async fn entities_over_the_size_guards_are_refused_and_nothing_is_written() {
 
     s.stop().await;
 }
+
+/// `users@v1` and `users@v2` side by side; the alias `users` flips between them under lookup
+/// load. Every answer must be whole: all rows from one version (v1 rows hold 1.0, v2 rows 2.0).
+async fn versions_and_aliases(s: &TestServer) {
+    for (version, value) in [("v1", 1.0), ("v2", 2.0)] {
+        let (status, body) = s
+            .put(
+                &format!("/v1/namespaces/users@{version}"),
+                json!({"fields": {"v": {"dim": 4, "dtype": "f32"}}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let entities: Vec<Value> = (0..50)
+            .map(|i| json!({"key": format!("u{i}"), "fields": {"v": vec![value; 4]}}))
+            .collect();
+        let (status, body) = s
+            .post(
+                &format!("/v1/namespaces/users@{version}/entities"),
+                json!({ "entities": entities }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_error(
+        s.put("/v1/aliases/users", json!({"namespace": "users@v9"}))
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let (status, body) = s
+        .put("/v1/aliases/users", json!({"namespace": "users@v1"}))
+        .await;
+    assert_eq!(
+        (status, body.clone()),
+        (
+            StatusCode::OK,
+            json!({"alias": "users", "namespace": "users@v1"})
+        )
+    );
+    assert_eq!(s.get("/v1/aliases/users").await.1["namespace"], "users@v1");
+    // A name is an alias or a namespace, never both.
+    assert_error(
+        s.put(
+            "/v1/namespaces/users",
+            json!({"fields": {"v": {"dim": 4, "dtype": "f32"}}}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "bad_request",
+    );
+    assert_error(
+        s.put("/v1/aliases/users@v2", json!({"namespace": "users@v1"}))
+            .await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    assert_error(
+        s.send(reqwest::Method::DELETE, "/v1/namespaces/users@v1", None)
+            .await,
+        StatusCode::CONFLICT,
+        "bad_request",
+    );
+
+    let keys: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (client, url, keys, stop) = (
+                s.client.clone(),
+                s.url("/v1/namespaces/users/lookup"),
+                keys.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut seen = [0u32; 2];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let resp = client
+                        .post(&url)
+                        .json(&json!({ "keys": keys }))
+                        .send()
+                        .await
+                        .expect("lookup");
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    let body: Value = resp.json().await.expect("json");
+                    assert_eq!(body["degraded"], false, "{body}");
+                    let firsts: Vec<f64> = body["results"]
+                        .as_array()
+                        .expect("results")
+                        .iter()
+                        .map(|r| r["fields"]["v"][0].as_f64().expect("present"))
+                        .collect();
+                    assert!(
+                        firsts.iter().all(|v| *v == firsts[0]),
+                        "one answer mixed versions: {firsts:?}"
+                    );
+                    seen[(firsts[0] == 2.0) as usize] += 1;
+                }
+                seen
+            })
+        })
+        .collect();
+    for flip in 0..20 {
+        let target = if flip % 2 == 0 {
+            "users@v2"
+        } else {
+            "users@v1"
+        };
+        let (status, body) = s
+            .put("/v1/aliases/users", json!({ "namespace": target }))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut seen = [0u32; 2];
+    for reader in readers {
+        let counts = reader.await.expect("reader");
+        seen[0] += counts[0];
+        seen[1] += counts[1];
+    }
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both versions were served: {seen:?}"
+    );
+    // The last flip pointed back at v1: rolling back is a flip.
+    let body = s
+        .post("/v1/namespaces/users/lookup", json!({"keys": ["u0"]}))
+        .await
+        .1;
+    assert_eq!(
+        body["results"][0]["fields"]["v"],
+        json!([1.0, 1.0, 1.0, 1.0])
+    );
+
+    // v2 is no longer aliased: delete it in the background; it stops resolving at once and
+    // its keys go.
+    let (status, body) = s
+        .send(reqwest::Method::DELETE, "/v1/namespaces/users@v2", None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_error(
+        s.get("/v1/namespaces/users@v2").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    // Once the background deletion is done, the name can be created again, empty.
+    let started = Instant::now();
+    loop {
+        let (status, body) = s
+            .put(
+                "/v1/namespaces/users@v2",
+                json!({"fields": {"v": {"dim": 4, "dtype": "f32"}}}),
+            )
+            .await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_error((status, body), StatusCode::CONFLICT, "bad_request");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "deleted within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.get("/v1/namespaces/users@v2").await.1["entity_count"], 0);
+    // v1 still serves through the alias.
+    assert_eq!(s.get("/v1/namespaces/users").await.1["entity_count"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_aliases_on_embedded() {
+    let s = TestServer::start(Config {
+        ephemeral: true,
+        ..Config::default()
+    })
+    .await;
+    versions_and_aliases(&s).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_and_aliases_on_redis_with_the_near_cache() {
+    let redis = RedisServer::start();
+    let s = near_cached_server(&redis).await;
+    versions_and_aliases(&s).await;
+    s.stop().await;
+}

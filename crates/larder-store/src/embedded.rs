@@ -318,6 +318,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        let (start, end) = namespace_range(ns);
+        let name = ns.to_owned();
+        self.write(move |tx| {
+            tx.open_table(SCHEMAS)?.remove(name.as_str())?;
+            let mut table = tx.open_table(ENTITIES)?;
+            let keys: Vec<Vec<u8>> = table
+                .range(start.as_slice()..end.as_slice())?
+                .map(|entry| entry.map(|(key, _)| key.value().to_vec()))
+                .collect::<std::result::Result<_, _>>()?;
+            for key in &keys {
+                table.remove(key.as_slice())?;
+            }
+            Ok(keys.len() as u64)
+        })
+        .await
+    }
+
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         let (start, end) = namespace_range(ns);
         let tx = self.db.begin_read()?;

@@ -124,6 +124,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Remove one field from every entity of the namespace; returns how many entities had it.
     async fn drop_field(&self, ns: &str, field: &str) -> Result<u64>;
+    /// Remove namespace `ns` whole: its entities, in batches that never block the store for
+    /// long (SCAN and UNLINK on Redis), then its schema record. Returns how many entities were
+    /// removed. Callers mark the schema `deleting` first (so the name stops resolving and
+    /// cannot be created again meanwhile) and run this in the background.
+    async fn delete_namespace(&self, ns: &str) -> Result<u64>;
     /// Number of entities in the namespace (may be approximate on very large namespaces).
     async fn count_entities(&self, ns: &str) -> Result<u64>;
     /// Write entities' whole states (replay and restore): HSET of the fields and an absolute

@@ -106,6 +106,10 @@ impl Store for Metered {
         self.timed("drop_field", self.inner.drop_field(ns, field))
             .await
     }
+    async fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        self.timed("delete_namespace", self.inner.delete_namespace(ns))
+            .await
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.timed("count_entities", self.inner.count_entities(ns))
             .await

@@ -398,6 +398,11 @@ impl Store for NearCache {
         self.shared.apply(Invalidation::Namespace(ns.to_owned()));
         out
     }
+    async fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        let out = self.inner.delete_namespace(ns).await;
+        self.shared.apply(Invalidation::Namespace(ns.to_owned()));
+        out
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.inner.count_entities(ns).await
     }

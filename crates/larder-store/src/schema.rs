@@ -40,6 +40,15 @@ pub struct NamespaceSchema {
     /// Most fields the namespace may define; `None` means [`DEFAULT_MAX_FIELDS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_fields: Option<usize>,
+    /// Set on an alias: the name is not a namespace of its own but points at this one (whose
+    /// record holds the fields). Aliases live among the schemas so that a name is either one or
+    /// the other, a flip is one atomic SET, and the backup keeps them like schemas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<String>,
+    /// Set while the namespace is being deleted: it no longer resolves, and cannot be created
+    /// again until [`crate::Store::delete_namespace`] has removed its entities and this record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 impl NamespaceSchema {
@@ -118,6 +127,16 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_' || *b == b'-')
 }
 
+/// A namespace name, optionally versioned: `name` or `name@version`, the version matching
+/// `^[a-z0-9][a-z0-9_-]{0,31}$`. A version is part of the name (`larder:e:users@v2:K`), so
+/// versions of one namespace are namespaces side by side and existing keys keep their layout.
+pub fn valid_namespace(name: &str) -> bool {
+    match name.split_once('@') {
+        None => valid_name(name),
+        Some((base, version)) => valid_name(base) && version.len() <= 32 && valid_name(version),
+    }
+}
+
 /// Entity keys: any UTF-8 string of 1..=512 bytes.
 pub fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY_BYTES
@@ -134,6 +153,18 @@ mod tests {
         }
         for bad in ["", "_a", "-a", "A", "a.b", "a:b", "é", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
+        }
+        for ok in ["users", "users@v2", "a@0", &format!("a@{}", "v".repeat(32))] {
+            assert!(valid_namespace(ok), "{ok}");
+        }
+        for bad in [
+            "users@",
+            "@v2",
+            "users@V2",
+            "a@b@c",
+            &format!("a@{}", "v".repeat(33)),
+        ] {
+            assert!(!valid_namespace(bad), "{bad}");
         }
         assert!(valid_key("user:42"));
         assert!(valid_key("이사"));

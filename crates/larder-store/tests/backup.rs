@@ -71,6 +71,8 @@ fn schema(ttl_seconds: Option<u64>) -> NamespaceSchema {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     }
 }
 

@@ -30,6 +30,8 @@ async fn loaded(cluster: &RedisCluster, n: usize) -> (RedisStore, Vec<String>) {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     };
     store.put_schema("items", &schema).await.expect("schema");
     let keys: Vec<String> = (0..n).map(|i| format!("item:{i}")).collect();

@@ -32,6 +32,8 @@ fn schema(ttl: Option<u64>) -> NamespaceSchema {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     }
 }
 

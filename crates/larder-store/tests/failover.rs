@@ -150,6 +150,8 @@ async fn loaded(cluster: &RedisCluster, backup: Option<String>) -> Arc<dyn Store
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     };
     store.put_schema("items", &schema).await.expect("schema");
     let writes = (0..KEYS)

@@ -83,6 +83,8 @@ async fn namespace(redis: &RedisServer) -> Arc<dyn Store> {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     };
     store.put_schema("emb", &schema).await.expect("schema");
     store

@@ -79,6 +79,8 @@ async fn restore_after_flushall_and_after_losing_a_whole_shard() {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     };
     store.put_schema("emb", &schema).await.expect("schema");
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, JsonBody};
-use crate::routes::namespaces::check_namespace_name;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -93,16 +92,15 @@ fn encode_batch(
 
 pub async fn upsert(
     State(state): State<AppState>,
-    ApiPath(ns): ApiPath<String>,
+    ApiPath(name): ApiPath<String>,
     JsonBody(body): JsonBody<Upsert>,
 ) -> ApiResult<Json<Upserted>> {
-    check_namespace_name(&ns)?;
     ApiError::check_limit(
         body.entities.len(),
         state.config.limits.max_upsert_entities,
         "entities in one upsert",
     )?;
-    let schema = state.schema(&ns).await?;
+    let (ns, schema) = state.namespace(&name).await?;
     let writes = encode_batch(&schema, body.entities)?;
     let upserted = writes.len();
     state.store.upsert(&ns, schema.ttl_seconds, writes).await?;
@@ -117,11 +115,10 @@ pub struct EntityView {
 
 pub async fn get(
     State(state): State<AppState>,
-    ApiPath((ns, key)): ApiPath<(String, String)>,
+    ApiPath((name, key)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<EntityView>> {
-    check_namespace_name(&ns)?;
     check_key(&key)?;
-    let schema = state.schema(&ns).await?;
+    let (ns, schema) = state.namespace(&name).await?;
     let stored = state
         .store
         .get_entity(&ns, &key)
@@ -142,11 +139,10 @@ pub async fn get(
 
 pub async fn delete(
     State(state): State<AppState>,
-    ApiPath((ns, key)): ApiPath<(String, String)>,
+    ApiPath((name, key)): ApiPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    check_namespace_name(&ns)?;
     check_key(&key)?;
-    state.schema(&ns).await?;
+    let (ns, _) = state.namespace(&name).await?;
     state.store.delete_entity(&ns, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,7 +17,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, JsonBody};
 use crate::metrics::names;
 use crate::routes::entities::check_key;
-use crate::routes::namespaces::check_namespace_name;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -40,11 +39,10 @@ enum OutDtype {
 
 pub async fn lookup(
     State(state): State<AppState>,
-    ApiPath(ns): ApiPath<String>,
+    ApiPath(name): ApiPath<String>,
     headers: HeaderMap,
     JsonBody(req): JsonBody<LookupRequest>,
 ) -> ApiResult<Response> {
-    check_namespace_name(&ns)?;
     ApiError::check_limit(
         req.keys.len(),
         state.config.limits.max_lookup_keys,
@@ -55,11 +53,12 @@ pub async fn lookup(
     }
     // One deadline for the whole request: the schema (when it is not cached) and the lookup.
     let deadline = Instant::now() + Duration::from_millis(state.config.timeouts.lookup_ms);
-    let schema = match tokio::time::timeout_at(deadline.into(), state.schema(&ns)).await {
-        Ok(schema) => schema?,
+    let (ns, schema) = match tokio::time::timeout_at(deadline.into(), state.namespace(&name)).await
+    {
+        Ok(resolved) => resolved?,
         Err(_) => {
             return Err(ApiError::Unavailable(format!(
-                "the store did not answer for namespace {ns:?} within {} ms",
+                "the store did not answer for namespace {name:?} within {} ms",
                 state.config.timeouts.lookup_ms
             )))
         }

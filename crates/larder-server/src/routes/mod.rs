@@ -18,7 +18,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/namespaces", get(namespaces::list))
         .route(
             "/v1/namespaces/{ns}",
-            put(namespaces::put).get(namespaces::get),
+            put(namespaces::put)
+                .get(namespaces::get)
+                .delete(namespaces::delete),
+        )
+        .route(
+            "/v1/aliases/{alias}",
+            put(namespaces::put_alias).get(namespaces::get_alias),
         )
         .route("/v1/namespaces/{ns}/entities", post(entities::upsert))
         .route(

@@ -1,10 +1,16 @@
-//! `PUT /v1/namespaces/{ns}`, `GET /v1/namespaces`, `GET /v1/namespaces/{ns}`.
+//! `PUT /v1/namespaces/{ns}`, `GET /v1/namespaces`, `GET` and `DELETE /v1/namespaces/{ns}`,
+//! and aliases: `PUT` and `GET /v1/aliases/{alias}`.
+//!
+//! A namespace name may carry a version (`users@v2`): versions are namespaces side by side.
+//! An alias is a record among the schemas that points at one namespace; every
+//! `/v1/namespaces/{name}/…` route follows it ([`AppState::namespace`]).
 
 use std::collections::BTreeMap;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
-use larder_store::schema::{valid_name, MAX_DIM};
+use larder_store::schema::{valid_name, valid_namespace, MAX_DIM};
 use larder_store::{FieldSpec, NamespaceSchema};
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +49,11 @@ pub struct NamespaceView {
 }
 
 pub fn check_namespace_name(ns: &str) -> ApiResult<()> {
-    if valid_name(ns) {
+    if valid_namespace(ns) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
-            "namespace name {ns:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$"
+            "namespace name {ns:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$, optionally followed by @version matching ^[a-z0-9][a-z0-9_-]{{0,31}}$"
         )))
     }
 }
@@ -79,6 +85,16 @@ pub async fn put(
         }
     }
     let mut schema = state.store.get_schema(&ns).await?.unwrap_or_default();
+    if let Some(target) = &schema.alias {
+        return Err(ApiError::Conflict(format!(
+            "{ns:?} is an alias of {target:?}; an alias and a namespace cannot share a name"
+        )));
+    }
+    if schema.deleting {
+        return Err(ApiError::Conflict(format!(
+            "namespace {ns:?} is being deleted; create it again once that is done"
+        )));
+    }
     let mut changed = Vec::new();
     for (name, spec) in &body.fields {
         if let Some(old) = schema.fields.get(name) {
@@ -135,6 +151,9 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<NamespaceList
     let mut namespaces = Vec::new();
     for name in state.store.list_namespaces().await? {
         if let Some(schema) = state.schemas.get(&state.store, &name).await? {
+            if schema.deleting {
+                continue;
+            }
             namespaces.push(NamespaceView {
                 name,
                 schema: (*schema).clone(),
@@ -147,14 +166,146 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<NamespaceList
 
 pub async fn get(
     State(state): State<AppState>,
-    ApiPath(ns): ApiPath<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<NamespaceView>> {
-    check_namespace_name(&ns)?;
-    let schema = state.schema(&ns).await?;
+    let (ns, schema) = state.namespace(&name).await?;
     let entity_count = state.store.count_entities(&ns).await?;
     Ok(Json(NamespaceView {
         name: ns,
         schema: (*schema).clone(),
         entity_count: Some(entity_count),
     }))
+}
+
+#[derive(Serialize)]
+pub struct Deleting {
+    namespace: String,
+    status: &'static str,
+}
+
+/// `DELETE /v1/namespaces/{ns}`: the name stops resolving at once (its schema is marked
+/// `deleting`); its entities are removed in the background (SCAN and UNLINK in batches on
+/// Redis), then its schema, so the answer is `202`. Repeating it resumes a deletion that a
+/// restart cut short. Deleting an alias removes the alias only. A namespace that an alias still
+/// points at is refused (`409`).
+pub async fn delete(
+    State(state): State<AppState>,
+    ApiPath(ns): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Deleting>)> {
+    check_namespace_name(&ns)?;
+    let mut schema = state
+        .store
+        .get_schema(&ns)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("namespace {ns:?} does not exist")))?;
+    if schema.alias.is_none() {
+        if let Some(alias) = aliases_of(&state, &ns).await?.first() {
+            return Err(ApiError::Conflict(format!(
+                "alias {alias:?} still points at {ns:?}; point it elsewhere first"
+            )));
+        }
+    }
+    schema.deleting = true;
+    state.store.put_schema(&ns, &schema).await?;
+    state.schemas.forget(&ns);
+    let (store, name) = (state.store.clone(), ns.clone());
+    tokio::spawn(async move {
+        match store.delete_namespace(&name).await {
+            Ok(removed) => tracing::info!(ns = %name, removed, "namespace deleted"),
+            Err(error) => tracing::warn!(ns = %name, %error, "deleting the namespace failed"),
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Deleting {
+            namespace: ns,
+            status: "deleting",
+        }),
+    ))
+}
+
+/// The aliases that point at `ns`.
+async fn aliases_of(state: &AppState, ns: &str) -> ApiResult<Vec<String>> {
+    let mut aliases = Vec::new();
+    for name in state.store.list_namespaces().await? {
+        if let Some(schema) = state.store.get_schema(&name).await? {
+            if schema.alias.as_deref() == Some(ns) {
+                aliases.push(name);
+            }
+        }
+    }
+    Ok(aliases)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutAlias {
+    namespace: String,
+}
+
+#[derive(Serialize)]
+pub struct AliasView {
+    alias: String,
+    namespace: String,
+}
+
+/// `PUT /v1/aliases/{alias}`: point `alias` at a namespace, atomically (one write of the
+/// alias's record). Lookups by the alias follow it from their next request on.
+pub async fn put_alias(
+    State(state): State<AppState>,
+    ApiPath(alias): ApiPath<String>,
+    JsonBody(body): JsonBody<PutAlias>,
+) -> ApiResult<Json<AliasView>> {
+    if !valid_name(&alias) {
+        return Err(ApiError::BadRequest(format!(
+            "alias name {alias:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$"
+        )));
+    }
+    check_namespace_name(&body.namespace)?;
+    match state.store.get_schema(&body.namespace).await? {
+        Some(target) if target.alias.is_none() && !target.deleting => {}
+        Some(target) if target.alias.is_some() => {
+            return Err(ApiError::BadRequest(format!(
+                "{:?} is an alias; an alias must point at a namespace",
+                body.namespace
+            )))
+        }
+        Some(_) | None => {
+            return Err(ApiError::NotFound(format!(
+                "namespace {:?} does not exist",
+                body.namespace
+            )))
+        }
+    }
+    if let Some(existing) = state.store.get_schema(&alias).await? {
+        if existing.alias.is_none() {
+            return Err(ApiError::Conflict(format!(
+                "{alias:?} is a namespace; an alias and a namespace cannot share a name"
+            )));
+        }
+    }
+    let record = NamespaceSchema {
+        alias: Some(body.namespace.clone()),
+        ..NamespaceSchema::default()
+    };
+    state.store.put_schema(&alias, &record).await?;
+    state.schemas.put(&alias, record);
+    Ok(Json(AliasView {
+        alias,
+        namespace: body.namespace,
+    }))
+}
+
+/// `GET /v1/aliases/{alias}`.
+pub async fn get_alias(
+    State(state): State<AppState>,
+    ApiPath(alias): ApiPath<String>,
+) -> ApiResult<Json<AliasView>> {
+    match state.store.get_schema(&alias).await? {
+        Some(NamespaceSchema {
+            alias: Some(namespace),
+            ..
+        }) => Ok(Json(AliasView { alias, namespace })),
+        _ => Err(ApiError::NotFound(format!("no alias {alias:?}"))),
+    }
 }

@@ -271,6 +271,11 @@ impl Store for Backed {
         self.inner.drop_field(ns, field).await
     }
 
+    /// The backup forgets the namespace first: a restore must not bring it back.
+    async fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        self.db.delete_namespace(ns).await?;
+        self.inner.delete_namespace(ns).await
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.inner.count_entities(ns).await
     }

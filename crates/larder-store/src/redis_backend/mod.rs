@@ -420,6 +420,45 @@ impl Store for RedisStore {
         Ok(dropped)
     }
 
+    async fn delete_namespace(&self, ns: &str) -> Result<u64> {
+        // UNLINK frees the values in a background thread of Redis; chunks keep every
+        // pipeline short, so other clients are served in between.
+        let found = self.batcher.scan(&keys::entity_pattern(ns)).await?;
+        let mut removed = 0;
+        for chunk in found.chunks(CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|key| {
+                    let mut unlink = redis::cmd("UNLINK");
+                    unlink.arg(key.as_slice());
+                    keyed(key.clone(), unlink)
+                })
+                .collect();
+            for reply in self.batcher.run(cmds).await? {
+                if let Value::Int(n) = reply {
+                    removed += n as u64;
+                }
+            }
+        }
+        let schema = keys::schema(ns);
+        let mut del = redis::cmd("DEL");
+        del.arg(&schema);
+        let mut srem = redis::cmd("SREM");
+        srem.arg(keys::NAMESPACE_INDEX).arg(ns);
+        self.batcher
+            .run(vec![
+                keyed(schema.into_bytes(), del),
+                keyed(keys::NAMESPACE_INDEX.as_bytes().to_vec(), srem),
+            ])
+            .await?;
+        self.write_and_announce(
+            Vec::new(),
+            EntityMessage::encode(ns, None::<std::iter::Empty<&str>>),
+        )
+        .await?;
+        Ok(removed)
+    }
+
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         Ok(self.batcher.scan(&keys::entity_pattern(ns)).await?.len() as u64)
     }

@@ -55,6 +55,8 @@ pub async fn run(args: UpsertArgs) -> Result<(), BenchError> {
         fallback: BTreeMap::new(),
         max_entity_bytes: None,
         max_fields: None,
+        alias: None,
+        deleting: false,
     };
     let mut rng = rand::rng();
     let batch: Vec<EntityWrite> = (0..args.entities)

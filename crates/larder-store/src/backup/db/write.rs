@@ -205,6 +205,25 @@ impl Db {
         .map_err(down))
     }
 
+    /// Forget namespace `ns` whole: its schema, entities and fields, in one transaction.
+    pub(crate) async fn delete_namespace(&self, ns: &str) -> Result<()> {
+        both!(self, |pool| {
+            let mut tx = pool.begin().await.map_err(down)?;
+            for table in [
+                "larder_backup_fields",
+                "larder_backup_entities",
+                "larder_backup_schemas",
+            ] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE ns = $1"))
+                    .bind(ns)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(down)?;
+            }
+            tx.commit().await.map_err(down)
+        })
+    }
+
     /// Mark keys as waiting for replay (their Redis write failed or may have been overtaken).
     pub(crate) async fn mark_pending(&self, ns: &str, keys: &[&str]) -> Result<()> {
         if keys.is_empty() {
