@@ -22,6 +22,7 @@ pub mod auth;
 pub mod breaker;
 pub mod error;
 pub mod extract;
+pub mod hot;
 pub mod metrics;
 pub mod routes;
 pub mod state;
@@ -67,11 +68,13 @@ pub async fn serve(
     let drain = std::time::Duration::from_millis(app.config.timeouts.shutdown_ms);
     let backend = app.store.backend();
     let pipeline = app.start_pipeline().await?;
-    let router = routes::router(AppState::new(
+    let state = AppState::new(
         app.store.clone(),
         app.config.clone(),
         app.categories.clone(),
-    ));
+    );
+    let decay = tokio::spawn(hot::decay_every(state.hot.clone(), hot::DECAY));
+    let router = routes::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend, "larder listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -88,6 +91,7 @@ pub async fn serve(
             tokio::time::sleep(drain).await;
         } => tracing::warn!(?drain, "in-flight requests did not finish in time; stopping"),
     }
+    decay.abort();
     pipeline.stop().await;
     Ok(())
 }

@@ -10,6 +10,7 @@ use larder_store::{NamespaceSchema, Store};
 use crate::breaker::Breaker;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::hot::HotKeys;
 use crate::metrics::names;
 
 #[derive(Clone)]
@@ -19,12 +20,15 @@ pub struct AppState {
     pub schemas: Arc<SchemaCache>,
     pub breaker: Arc<Breaker>,
     pub categories: Arc<Categories>,
+    /// The most looked-up keys, per namespace.
+    pub hot: Arc<HotKeys>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: Config, categories: Arc<Categories>) -> Self {
         AppState {
             categories,
+            hot: Arc::new(HotKeys::default()),
             breaker: Arc::new(Breaker::new(&config.breaker)),
             schemas: Arc::new(SchemaCache::default()),
             config: Arc::new(config),

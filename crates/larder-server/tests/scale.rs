@@ -355,3 +355,76 @@ async fn versions_and_aliases_on_redis_with_the_near_cache() {
     versions_and_aliases(&s).await;
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_the_spread_over_the_cluster_and_the_hot_keys() {
+    let cluster = larder_testkit::RedisCluster::start();
+    let s = TestServer::on(&cluster.url()).await;
+    let (status, body) = s
+        .put(
+            "/v1/namespaces/spread",
+            json!({"fields": {"v": {"dim": 64, "dtype": "f32"}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for batch in 0..6 {
+        let entities: Vec<Value> = (0..500)
+            .map(|i| json!({"key": format!("e{}", batch * 500 + i), "fields": {"v": vec![0.25; 64]}}))
+            .collect();
+        let (status, body) = s
+            .post(
+                "/v1/namespaces/spread/entities",
+                json!({ "entities": entities }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for _ in 0..30 {
+        s.post(
+            "/v1/namespaces/spread/lookup",
+            json!({"keys": ["e7", "e7", "e7", "e42"]}),
+        )
+        .await;
+    }
+
+    let (status, stats) = s.get("/v1/namespaces/spread/stats").await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    assert_eq!(stats["entity_count"], 3000, "{stats}");
+    let primaries = stats["primaries"].as_array().expect("primaries");
+    assert_eq!(primaries.len(), 3, "{stats}");
+    for primary in primaries {
+        let n = primary["entities"].as_f64().expect("count");
+        assert!(
+            (n - 1000.0).abs() <= 150.0,
+            "each primary holds 1000 ± 15%: {stats}"
+        );
+    }
+    assert!(stats["max_over_mean"].as_f64().expect("ratio") <= 1.15);
+    // A 64-d f32 value is 256 bytes; MEMORY USAGE adds the key and Redis's overhead.
+    let p50 = stats["bytes_per_entity"]["p50"].as_u64().expect("p50");
+    assert!((256..2048).contains(&p50), "{stats}");
+    assert_eq!(stats["sampled"], 1000, "{stats}");
+    assert_eq!(stats["largest"].as_array().map(Vec::len), Some(10));
+    assert_eq!(stats["hot_keys"][0]["key"], "e7", "{stats}");
+    assert_eq!(stats["hot_keys"][1]["key"], "e42", "{stats}");
+
+    let metrics = s
+        .client
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("larder_hot_keys{namespace=\"spread\",rank=\"1\",key=\"e7\"}"),
+        "{metrics}"
+    );
+    assert_error(
+        s.get("/v1/namespaces/nothing/stats").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    s.stop().await;
+}

@@ -336,6 +336,34 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    /// Sizes are the stored record's bytes (key, expiry, field names and values).
+    async fn stats(&self, ns: &str) -> Result<crate::stats::NamespaceStats> {
+        let (start, end) = namespace_range(ns);
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(ENTITIES)?;
+        let now = now_ms();
+        let mut sizes = Vec::new();
+        for entry in table.range(start.as_slice()..end.as_slice())? {
+            let (key, value) = entry?;
+            if !Record::decode(value.value())?.live(now) {
+                continue;
+            }
+            let name = String::from_utf8_lossy(&key.value()[start.len()..]).into_owned();
+            sizes.push((name, (key.value().len() + value.value().len()) as u64));
+        }
+        let entities = sizes.len() as u64;
+        let sample = crate::stats::sample_indices(sizes.len())
+            .map(|i| sizes[i].clone())
+            .collect();
+        Ok(crate::stats::summarize(
+            vec![crate::stats::NodeShare {
+                node: "embedded".into(),
+                entities,
+            }],
+            sample,
+        ))
+    }
+
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         let (start, end) = namespace_range(ns);
         let tx = self.db.begin_read()?;

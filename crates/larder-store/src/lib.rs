@@ -28,6 +28,7 @@ pub mod metered;
 pub mod near;
 pub mod redis_backend;
 pub mod schema;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -129,6 +130,8 @@ pub trait Store: Send + Sync + 'static {
     /// removed. Callers mark the schema `deleting` first (so the name stops resolving and
     /// cannot be created again meanwhile) and run this in the background.
     async fn delete_namespace(&self, ns: &str) -> Result<u64>;
+    /// Entity count, sizes (from a sample) and the spread over primaries of namespace `ns`.
+    async fn stats(&self, ns: &str) -> Result<stats::NamespaceStats>;
     /// Number of entities in the namespace (may be approximate on very large namespaces).
     async fn count_entities(&self, ns: &str) -> Result<u64>;
     /// Write entities' whole states (replay and restore): HSET of the fields and an absolute

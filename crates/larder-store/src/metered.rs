@@ -110,6 +110,9 @@ impl Store for Metered {
         self.timed("delete_namespace", self.inner.delete_namespace(ns))
             .await
     }
+    async fn stats(&self, ns: &str) -> Result<crate::stats::NamespaceStats> {
+        self.timed("stats", self.inner.stats(ns)).await
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.timed("count_entities", self.inner.count_entities(ns))
             .await

@@ -403,6 +403,9 @@ impl Store for NearCache {
         self.shared.apply(Invalidation::Namespace(ns.to_owned()));
         out
     }
+    async fn stats(&self, ns: &str) -> Result<crate::stats::NamespaceStats> {
+        self.inner.stats(ns).await
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.inner.count_entities(ns).await
     }

@@ -6,6 +6,7 @@
 //! builds what it needs through `larder-app` (only `serve` uses the HTTP crate).
 
 mod bench;
+mod inspect;
 mod load;
 mod mock_llm;
 mod rebuild;
@@ -46,6 +47,8 @@ enum Command {
     Rebuild(rebuild::RebuildArgs),
     /// Rebuild the store's entities and schemas from the backup.
     Restore(restore::RestoreArgs),
+    /// Entity count, sizes and spread over primaries of a namespace, sampled, as JSON.
+    Inspect(inspect::InspectArgs),
     /// Load embeddings from a .parquet, .npy, .jsonl or .safetensors file into a namespace.
     Load(load::LoadArgs),
     /// Load generators that print req/s, values/s and latency percentiles.
@@ -100,6 +103,7 @@ fn main() {
             Command::Rebuild(args) => rebuild::run(args).await,
             Command::Restore(args) => restore::run(args).await,
             Command::Load(args) => load::run(args).await,
+            Command::Inspect(args) => inspect::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     });

@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use larder_app::{open, AppError, Config, Overrides};
-use larder_store::schema::valid_name;
+use larder_store::schema::valid_namespace;
 
 #[derive(Args)]
 pub struct RestoreArgs {
@@ -49,7 +49,7 @@ pub async fn run(args: RestoreArgs) -> i32 {
         return 2;
     }
     if let Some(ns) = &args.namespace {
-        if !valid_name(ns) {
+        if !valid_namespace(ns) {
             eprintln!("error: --namespace: {ns:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$");
             return 2;
         }

@@ -44,6 +44,7 @@ fn bad_flags_and_values_exit_2_with_one_line() {
     // A worker must name the server's main DB rather than fall back to a local file.
     one_line_error(&["worker", "--stage", "rank"], "--db");
     one_line_error(&["mock-llm", "--rate-429", "2"], "--rate-429");
+    one_line_error(&["inspect", "--namespace", "Not Valid"], "--namespace");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("larder.toml");
     std::fs::write(&config, "[limits]\nmax_lookup_keys = -3\n").expect("write");

@@ -280,6 +280,25 @@ async fn npy_loads_one_field_with_or_without_a_keys_file() {
         Some(encoded(Dtype::F16, &clip(29)))
     );
 
+    // `larder inspect` sees what was loaded: 49 doc-N plus 30 row:N entities.
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["inspect", "--namespace", "emb", "--store", &redis.url()])
+        .output()
+        .expect("run larder inspect");
+    assert_eq!(
+        inspect.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&inspect.stdout).expect("JSON");
+    assert_eq!(stats["entity_count"], 79, "{stats}");
+    assert_eq!(stats["primaries"][0]["entities"], 79, "{stats}");
+    assert!(
+        stats["bytes_per_entity"]["max"].as_u64() > Some(16),
+        "{stats}"
+    );
+
     // A keys file that does not match the rows, and a missing --field, fail before writing.
     std::fs::write(&keys, "only-one\n").expect("keys");
     let run = larder_load(

@@ -88,6 +88,7 @@ pub async fn lookup(
         })
         .collect::<ApiResult<Vec<_>>>()?;
     metrics::counter!(names::LOOKUP_KEYS).increment(req.keys.len() as u64);
+    state.hot.record(&ns, &req.keys);
 
     let looked = fetch(&state, &ns, &req.keys, &names, deadline).await;
     let near_cache = state.config.near_cache.is_some();

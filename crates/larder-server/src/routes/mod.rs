@@ -26,6 +26,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/aliases/{alias}",
             put(namespaces::put_alias).get(namespaces::get_alias),
         )
+        .route("/v1/namespaces/{ns}/stats", get(namespaces::stats))
         .route("/v1/namespaces/{ns}/entities", post(entities::upsert))
         .route(
             "/v1/namespaces/{ns}/entities/{key}",

@@ -309,3 +309,27 @@ pub async fn get_alias(
         _ => Err(ApiError::NotFound(format!("no alias {alias:?}"))),
     }
 }
+
+#[derive(Serialize)]
+pub struct StatsView {
+    namespace: String,
+    #[serde(flatten)]
+    stats: larder_store::stats::NamespaceStats,
+    hot_keys: Vec<crate::hot::HotKey>,
+}
+
+/// `GET /v1/namespaces/{ns}/stats`: entity count, sizes and spread over primaries from
+/// sampling the store (SCAN and `MEMORY USAGE`, never a blocking command), and this server's
+/// hot keys.
+pub async fn stats(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<StatsView>> {
+    let (ns, _) = state.namespace(&name).await?;
+    let stats = state.store.stats(&ns).await?;
+    Ok(Json(StatsView {
+        hot_keys: state.hot.top(&ns),
+        namespace: ns,
+        stats,
+    }))
+}

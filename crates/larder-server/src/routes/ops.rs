@@ -11,7 +11,14 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-pub use larder_ops::{healthz, metrics};
+pub use larder_ops::healthz;
+
+/// `GET /metrics`: what every Larder process serves, and the hot keys.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut text = larder_ops::recorder().render();
+    text.push_str(&state.hot.render());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
 
 /// Ready when the store answers a ping within the response timeout. With a backup, the body
 /// also says whether the backup answers (writes are refused while it does not) and how many

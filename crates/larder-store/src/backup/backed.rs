@@ -276,6 +276,9 @@ impl Store for Backed {
         self.db.delete_namespace(ns).await?;
         self.inner.delete_namespace(ns).await
     }
+    async fn stats(&self, ns: &str) -> Result<crate::stats::NamespaceStats> {
+        self.inner.stats(ns).await
+    }
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         self.inner.count_entities(ns).await
     }

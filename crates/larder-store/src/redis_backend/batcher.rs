@@ -149,9 +149,20 @@ impl Batcher {
 
     /// Every key matching `pattern`, from every primary.
     pub async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .scan_by_node(pattern)
+            .await?
+            .into_iter()
+            .flat_map(|(_, keys)| keys)
+            .collect())
+    }
+
+    /// Every key matching `pattern`, per primary (`host:port`; `standalone` on a single
+    /// server).
+    pub async fn scan_by_node(&self, pattern: &str) -> Result<Vec<(String, Vec<Vec<u8>>)>> {
         let conn = match &self.topology {
             Topology::Single(conn) => conn,
-            Topology::Cluster(cluster) => return cluster.scan(pattern).await,
+            Topology::Cluster(cluster) => return cluster.scan_by_node(pattern).await,
         };
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
@@ -171,7 +182,7 @@ impl Batcher {
                 break;
             }
         }
-        Ok(keys)
+        Ok(vec![("standalone".to_owned(), keys)])
     }
 
     async fn bounded<T>(

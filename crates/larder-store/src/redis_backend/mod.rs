@@ -459,6 +459,45 @@ impl Store for RedisStore {
         Ok(removed)
     }
 
+    /// SCAN per primary (counts and spread), then `MEMORY USAGE` of a sample of at most
+    /// [`crate::stats::SAMPLE`] keys spread over the key space, in one batch.
+    async fn stats(&self, ns: &str) -> Result<crate::stats::NamespaceStats> {
+        let by_node = self.batcher.scan_by_node(&keys::entity_pattern(ns)).await?;
+        let all: Vec<&Vec<u8>> = by_node.iter().flat_map(|(_, keys)| keys).collect();
+        let sample: Vec<&Vec<u8>> = crate::stats::sample_indices(all.len())
+            .map(|i| all[i])
+            .collect();
+        let cmds = sample
+            .iter()
+            .map(|key| {
+                let mut usage = redis::cmd("MEMORY");
+                usage.arg("USAGE").arg(key.as_slice());
+                keyed((*key).clone(), usage)
+            })
+            .collect();
+        let prefix = keys::entity(ns, "").len();
+        let sizes = sample
+            .iter()
+            .zip(self.batcher.run(cmds).await?)
+            .filter_map(|(key, reply)| match reply {
+                // Nil: the key expired or was deleted since the SCAN.
+                Value::Int(bytes) => Some((
+                    String::from_utf8_lossy(&key[prefix.min(key.len())..]).into_owned(),
+                    bytes.max(0) as u64,
+                )),
+                _ => None,
+            })
+            .collect();
+        let primaries = by_node
+            .iter()
+            .map(|(node, keys)| crate::stats::NodeShare {
+                node: node.clone(),
+                entities: keys.len() as u64,
+            })
+            .collect();
+        Ok(crate::stats::summarize(primaries, sizes))
+    }
+
     async fn count_entities(&self, ns: &str) -> Result<u64> {
         Ok(self.batcher.scan(&keys::entity_pattern(ns)).await?.len() as u64)
     }

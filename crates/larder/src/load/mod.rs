@@ -275,7 +275,7 @@ pub async fn run(args: LoadArgs) -> i32 {
             return 2;
         }
     };
-    if !larder_store::schema::valid_name(&args.namespace) {
+    if !larder_store::schema::valid_namespace(&args.namespace) {
         eprintln!(
             "error: --namespace: {:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$",
             args.namespace

@@ -307,10 +307,12 @@ impl Cluster {
 
     /// Every key matching `pattern`, from every primary (SCAN, not bounded by the call
     /// timeout: each SCAN page is).
-    pub(crate) async fn scan(&self, pattern: &str) -> Result<Vec<Vec<u8>>> {
+    /// Every key matching `pattern`, per primary (`host:port`), in slot-table order.
+    pub(crate) async fn scan_by_node(&self, pattern: &str) -> Result<Vec<(String, Vec<Vec<u8>>)>> {
         let table = self.topology.current().table;
-        let mut keys = Vec::new();
+        let mut by_node = Vec::with_capacity(table.nodes.len());
         for addr in &table.nodes {
+            let mut keys = Vec::new();
             let mut cursor: u64 = 0;
             loop {
                 let mut cmd = redis::cmd("SCAN");
@@ -329,8 +331,9 @@ impl Cluster {
                     break;
                 }
             }
+            by_node.push((addr.to_string(), keys));
         }
-        Ok(keys)
+        Ok(by_node)
     }
 
     /// A new connection of its own to the primary owning `key` (for blocking commands, which
