@@ -94,7 +94,7 @@ impl HotKeys {
             Some(entry) => entry.1 = estimate,
             None => table.push((key.to_owned(), estimate)),
         }
-        table.sort_by(|a, b| b.1.cmp(&a.1));
+        table.sort_by_key(|e| std::cmp::Reverse(e.1));
         table.truncate(TOP);
         // Keys below every full table's last entry cannot get in: they skip the lock.
         let floor = tables
