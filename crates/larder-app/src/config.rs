@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the gRPC API (`larder.v1.Embeddings`); empty turns it off.
+    #[serde(with = "larder_url::empty_is_none")]
+    pub grpc_listen: Option<SocketAddr>,
     /// `embedded`, `redis://…`, `rediss://…`, `redis-cluster://h:p,h:p`, `rediss-cluster://…`.
     pub store: StoreUrl,
     /// Where the embedded store keeps its file.
@@ -139,6 +142,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 7879))),
             store: StoreUrl::Embedded,
             data_dir: PathBuf::from("./larder-data"),
             ephemeral: false,
@@ -193,6 +197,9 @@ impl Default for BreakerConfig {
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// An address, or empty for off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -261,6 +268,13 @@ impl Config {
                 self.listen
             )));
         }
+        if let Some(grpc) = self.grpc_listen {
+            if no_tokens && !grpc.ip().is_loopback() && !self.allow_unauthenticated {
+                return Err(ConfigError(format!(
+                    "--grpc-listen: {grpc} is not a loopback address and no auth tokens are configured; set auth.write_tokens or allow_unauthenticated = true"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -303,6 +317,7 @@ fn describe(error: figment::Error) -> String {
     let key = error.path.join(".");
     let flag = match key.as_str() {
         "listen" => "--listen".to_owned(),
+        "grpc_listen" => "--grpc-listen".to_owned(),
         "store" => "--store".to_owned(),
         "data_dir" => "--data-dir".to_owned(),
         "db" => "--db".to_owned(),

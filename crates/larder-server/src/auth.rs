@@ -6,6 +6,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::config::Auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -14,14 +15,24 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let auth = &state.config.auth;
-    if auth.write_tokens.is_empty() && auth.read_tokens.is_empty() {
-        return Ok(next.run(req).await);
-    }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD)
+        || (req.method() == Method::POST && req.uri().path().ends_with("/lookup"));
+    check(&state.config.auth, token, reads)?;
+    Ok(next.run(req).await)
+}
+
+/// Whether a request carrying `authorization` (the header's or the gRPC metadata's value,
+/// `Bearer <token>`) may go on: anything with a write token, only reads with a read token,
+/// anything when no token is configured.
+pub fn check(auth: &Auth, authorization: Option<&str>, reads: bool) -> Result<(), ApiError> {
+    if auth.write_tokens.is_empty() && auth.read_tokens.is_empty() {
+        return Ok(());
+    }
+    let token = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(token) = token else {
@@ -30,13 +41,11 @@ pub async fn require_token(
         ));
     };
     if auth.write_tokens.iter().any(|t| t == token) {
-        return Ok(next.run(req).await);
+        return Ok(());
     }
     if auth.read_tokens.iter().any(|t| t == token) {
-        let reads = matches!(*req.method(), Method::GET | Method::HEAD)
-            || (req.method() == Method::POST && req.uri().path().ends_with("/lookup"));
         if reads {
-            return Ok(next.run(req).await);
+            return Ok(());
         }
         return Err(ApiError::Forbidden(
             "this token is read-only and cannot write".into(),

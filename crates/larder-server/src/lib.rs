@@ -22,6 +22,7 @@ pub mod auth;
 pub mod breaker;
 pub mod error;
 pub mod extract;
+pub mod grpc;
 pub mod hot;
 pub mod metrics;
 pub mod routes;
@@ -45,6 +46,8 @@ pub enum ServerError {
     App(#[from] AppError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Bind(String),
 }
 
 /// Assemble the app `config` describes and serve until `shutdown` resolves, then drain
@@ -74,12 +77,34 @@ pub async fn serve(
         app.categories.clone(),
     );
     let decay = tokio::spawn(hot::decay_every(state.hot.clone(), hot::DECAY));
+    // Both servers stop when `shutdown` resolves.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let grpc = match app.config.grpc_listen {
+        Some(addr) => {
+            let grpc_listener = TcpListener::bind(addr).await.map_err(|error| {
+                ServerError::Bind(format!("--grpc-listen: cannot bind {addr}: {error}"))
+            })?;
+            tracing::info!(addr = %grpc_listener.local_addr()?, "larder gRPC listening");
+            let mut stopping = stopping_rx.clone();
+            let state = state.clone();
+            Some(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                };
+                if let Err(error) = grpc::serve(grpc_listener, state, stop).await {
+                    tracing::error!(%error, "the gRPC server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
     let router = routes::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend, "larder listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");
+        let _ = stopping_tx.send(true);
         let _ = stopped_tx.send(());
     });
     let mut server = std::pin::pin!(server.into_future());
@@ -92,6 +117,10 @@ pub async fn serve(
         } => tracing::warn!(?drain, "in-flight requests did not finish in time; stopping"),
     }
     decay.abort();
+    if let Some(grpc) = grpc {
+        // Drained by now, or cut off at the same deadline as HTTP.
+        let _ = tokio::time::timeout(drain, grpc).await;
+    }
     pipeline.stop().await;
     Ok(())
 }

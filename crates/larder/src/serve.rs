@@ -8,7 +8,7 @@ use larder_app::{Config, Overrides};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// TOML config file. Keys: listen, store, data_dir, ephemeral, allow_unauthenticated,
+    /// TOML config file. Keys: listen, grpc_listen, store, data_dir, ephemeral, allow_unauthenticated,
     /// [limits] max_body_bytes/max_lookup_keys/max_upsert_entities,
     /// [auth] write_tokens/read_tokens, [timeouts] connect_ms/response_ms/lookup_ms/shutdown_ms,
     /// [breaker] failure_threshold/open_ms, db, backup,
@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Address to listen on [env: LARDER_LISTEN] [default: 127.0.0.1:7878]
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Address of the gRPC API, or `off` [env: LARDER_GRPC_LISTEN] [default: 127.0.0.1:7879]
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<String>,
     /// embedded | redis://[user:pass@]host:port[/db] | rediss://… |
     /// redis-cluster://host:port,host:port,… | rediss-cluster://… [env: LARDER_STORE]
     /// [default: embedded]
@@ -46,6 +49,9 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> i32 {
     let overrides = Overrides {
         listen: args.listen,
+        grpc_listen: args
+            .grpc_listen
+            .map(|a| if a == "off" { String::new() } else { a }),
         store: args.store,
         data_dir: args.data_dir,
         ephemeral: args.ephemeral,

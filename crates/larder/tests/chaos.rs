@@ -39,6 +39,7 @@ async fn a_primary_killed_under_load_through_the_server_with_a_backup() {
         Command::new(env!("CARGO_BIN_EXE_larder"))
             .args(["serve", "--store", &cluster.url(), "--backup", &pg.url()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--grpc-listen", "off"])
             .arg("--data-dir")
             .arg(dir.path())
             .env_remove("LARDER_STORE")

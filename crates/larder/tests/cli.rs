@@ -39,6 +39,8 @@ fn bad_flags_and_values_exit_2_with_one_line() {
         "--config",
     );
     one_line_error(&["serve", "--listen", "0.0.0.0:0"], "--listen");
+    one_line_error(&["serve", "--grpc-listen", "nowhere"], "--grpc-listen");
+    one_line_error(&["serve", "--grpc-listen", "0.0.0.0:7879"], "--grpc-listen");
     one_line_error(&["serve", "--db", "mysql://db"], "--db");
     one_line_error(&["worker", "--stage", "nope"], "--stage");
     // A worker must name the server's main DB rather than fall back to a local file.
@@ -80,6 +82,8 @@ fn serve_answers_then_drains_on_sigterm() {
             "--ephemeral",
             "--listen",
             &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "127.0.0.1:0",
         ])
         .stderr(Stdio::piped())
         .spawn()

@@ -11,12 +11,12 @@ use crate::error::{ApiError, ApiResult};
 
 mod safetensors;
 
-pub(crate) use safetensors::encode as safetensors;
+pub(crate) use safetensors::{encode as safetensors, stored_name, write_part, Part};
 
 /// What the store answered, or the fallback when it could not.
-pub(crate) struct Answer<'a> {
-    pub keys: &'a [String],
-    pub fields: Vec<(&'a str, FieldSpec)>,
+pub(crate) struct Answer {
+    pub keys: Vec<String>,
+    pub fields: Vec<(String, FieldSpec)>,
     pub rows: Vec<Row>,
     /// Per field: stored bytes of the vector served in degraded mode.
     pub fallback: Option<Vec<Vec<u8>>>,
@@ -24,7 +24,7 @@ pub(crate) struct Answer<'a> {
     pub cached: Option<usize>,
 }
 
-impl Answer<'_> {
+impl Answer {
     /// The bytes for (row, field), and whether they are real.
     pub fn cell(&self, row: usize, field: usize) -> (Option<&[u8]>, bool) {
         if let Some(fallback) = &self.fallback {
@@ -44,13 +44,13 @@ impl Answer<'_> {
 /// configured fallback, else zeros.
 pub(crate) fn fallback_bytes(
     schema: &NamespaceSchema,
-    fields: &[(&str, FieldSpec)],
+    fields: &[(String, FieldSpec)],
 ) -> ApiResult<Vec<Vec<u8>>> {
     fields
         .iter()
         .map(|(name, spec)| {
             let zeros;
-            let values = match schema.fallback.get(*name) {
+            let values = match schema.fallback.get(name) {
                 Some(v) => v.as_slice(),
                 None => {
                     zeros = vec![0f32; spec.dim];
@@ -74,8 +74,8 @@ pub(crate) fn json(answer: &Answer) -> ApiResult<Vec<u8>> {
     Ok(body)
 }
 
-struct JsonAnswer<'a>(&'a Answer<'a>);
-struct JsonRow<'a>(&'a Answer<'a>, usize);
+struct JsonAnswer<'a>(&'a Answer);
+struct JsonRow<'a>(&'a Answer, usize);
 
 impl Serialize for JsonAnswer<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -113,7 +113,7 @@ impl Serialize for JsonRow<'_> {
 }
 
 /// `{"field": [values] | null, ...}`, decoding each vector straight into the output.
-struct JsonFields<'a>(&'a Answer<'a>, usize);
+struct JsonFields<'a>(&'a Answer, usize);
 struct JsonVector<'a>(FieldSpec, &'a [u8]);
 
 impl Serialize for JsonFields<'_> {

@@ -15,8 +15,9 @@ use serde::Serialize;
 use super::Answer;
 use crate::error::{ApiError, ApiResult};
 
+/// One of the arrays written per field.
 #[derive(Clone, Copy, PartialEq)]
-enum Part {
+pub(crate) enum Part {
     /// The vectors.
     Values,
     Present,
@@ -48,7 +49,7 @@ enum HeaderValue<'a> {
     Tensor(Entry<'a>),
 }
 
-fn stored_name(dtype: Dtype) -> &'static str {
+pub(crate) fn stored_name(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::F32 => "F32",
         Dtype::F16 => "F16",
@@ -125,40 +126,60 @@ pub(crate) fn encode(a: &Answer, stored: bool) -> ApiResult<Vec<u8>> {
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(&json);
     for t in &tensors {
-        let (name, spec) = a.fields[t.field];
         let start = out.len();
-        for row in 0..n {
-            let (bytes, real) = a.cell(row, t.field);
-            match t.part {
-                Part::Present => out.push(u8::from(real)),
-                Part::Scale => {
-                    let scale = match bytes {
-                        Some(b) => {
-                            codec::split_stored(spec.dtype, spec.dim, b)
-                                .map_err(|e| ApiError::codec(name, e))?
-                                .0
-                        }
-                        None => 0.0,
-                    };
-                    out.extend_from_slice(&scale.to_le_bytes());
-                }
-                Part::Values => {
-                    let row_start = out.len();
-                    match bytes {
-                        Some(b) if stored => out.extend_from_slice(
-                            codec::split_stored(spec.dtype, spec.dim, b)
-                                .map_err(|e| ApiError::codec(name, e))?
-                                .1,
-                        ),
-                        Some(b) => codec::decode_le_bytes_into(spec.dtype, spec.dim, b, &mut out)
-                            .map_err(|e| ApiError::codec(name, e))?,
-                        None => {}
-                    }
-                    out.resize(row_start + t.bytes / n.max(1), 0);
-                }
-            }
-        }
+        write_part(a, t.field, t.part, stored, &mut out)?;
         debug_assert_eq!(out.len() - start, t.bytes);
     }
     Ok(out)
+}
+
+/// Append one array of field `field` to `out`: the vectors (`[n, dim]` as F32, or as stored
+/// with `stored`), the present flags, or the i8 scales; rows in request order, zeros where
+/// absent. The safetensors answer and the gRPC answer write their bytes with this.
+pub(crate) fn write_part(
+    a: &Answer,
+    field: usize,
+    part: Part,
+    stored: bool,
+    out: &mut Vec<u8>,
+) -> ApiResult<()> {
+    let (name, spec) = &a.fields[field];
+    let n = a.keys.len();
+    let row_bytes = if stored {
+        spec.dim * spec.dtype.element_size()
+    } else {
+        spec.dim * 4
+    };
+    for row in 0..n {
+        let (bytes, real) = a.cell(row, field);
+        match part {
+            Part::Present => out.push(u8::from(real)),
+            Part::Scale => {
+                let scale = match bytes {
+                    Some(b) => {
+                        codec::split_stored(spec.dtype, spec.dim, b)
+                            .map_err(|e| ApiError::codec(name, e))?
+                            .0
+                    }
+                    None => 0.0,
+                };
+                out.extend_from_slice(&scale.to_le_bytes());
+            }
+            Part::Values => {
+                let row_start = out.len();
+                match bytes {
+                    Some(b) if stored => out.extend_from_slice(
+                        codec::split_stored(spec.dtype, spec.dim, b)
+                            .map_err(|e| ApiError::codec(name, e))?
+                            .1,
+                    ),
+                    Some(b) => codec::decode_le_bytes_into(spec.dtype, spec.dim, b, out)
+                        .map_err(|e| ApiError::codec(name, e))?,
+                    None => {}
+                }
+                out.resize(row_start + row_bytes, 0);
+            }
+        }
+    }
+    Ok(())
 }

@@ -23,8 +23,8 @@ pub struct Upsert {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertEntity {
-    key: String,
-    fields: BTreeMap<String, Vec<f32>>,
+    pub key: String,
+    pub fields: BTreeMap<String, Vec<f32>>,
 }
 
 #[derive(Serialize)]
@@ -95,16 +95,27 @@ pub async fn upsert(
     ApiPath(name): ApiPath<String>,
     JsonBody(body): JsonBody<Upsert>,
 ) -> ApiResult<Json<Upserted>> {
+    let upserted = upsert_entities(&state, &name, body.entities).await?;
+    Ok(Json(Upserted { upserted }))
+}
+
+/// Validate the whole batch, then write it to the namespace (or alias) `name`: what the HTTP
+/// and gRPC upserts both do. Returns how many entities were written.
+pub(crate) async fn upsert_entities(
+    state: &AppState,
+    name: &str,
+    entities: Vec<UpsertEntity>,
+) -> ApiResult<usize> {
     ApiError::check_limit(
-        body.entities.len(),
+        entities.len(),
         state.config.limits.max_upsert_entities,
         "entities in one upsert",
     )?;
-    let (ns, schema) = state.namespace(&name).await?;
-    let writes = encode_batch(&schema, body.entities)?;
+    let (ns, schema) = state.namespace(name).await?;
+    let writes = encode_batch(&schema, entities)?;
     let upserted = writes.len();
     state.store.upsert(&ns, schema.ttl_seconds, writes).await?;
-    Ok(Json(Upserted { upserted }))
+    Ok(upserted)
 }
 
 #[derive(Serialize)]

@@ -43,18 +43,45 @@ pub async fn lookup(
     headers: HeaderMap,
     JsonBody(req): JsonBody<LookupRequest>,
 ) -> ApiResult<Response> {
+    let answer = answer(&state, &name, req.keys, req.fields).await?;
+    let binary = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/octet-stream"));
+    let mut response = if binary {
+        let body = answer::safetensors(&answer, req.dtype == OutDtype::Stored)?;
+        ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+    } else {
+        let body = answer::json(&answer)?;
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    if answer.fallback.is_some() {
+        response
+            .headers_mut()
+            .insert("x-larder-degraded", HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+/// A batch lookup of `keys` in the namespace (or alias) `name`, validated, resolved, fetched,
+/// and answered degraded when the store cannot: what the HTTP and gRPC lookups both answer.
+pub(crate) async fn answer(
+    state: &AppState,
+    name: &str,
+    keys: Vec<String>,
+    fields: Option<Vec<String>>,
+) -> ApiResult<Answer> {
     ApiError::check_limit(
-        req.keys.len(),
+        keys.len(),
         state.config.limits.max_lookup_keys,
         "keys in one lookup",
     )?;
-    for key in &req.keys {
+    for key in &keys {
         check_key(key)?;
     }
     // One deadline for the whole request: the schema (when it is not cached) and the lookup.
     let deadline = Instant::now() + Duration::from_millis(state.config.timeouts.lookup_ms);
-    let (ns, schema) = match tokio::time::timeout_at(deadline.into(), state.namespace(&name)).await
-    {
+    let (ns, schema) = match tokio::time::timeout_at(deadline.into(), state.namespace(name)).await {
         Ok(resolved) => resolved?,
         Err(_) => {
             return Err(ApiError::Unavailable(format!(
@@ -63,7 +90,7 @@ pub async fn lookup(
             )))
         }
     };
-    let names: Vec<String> = match req.fields {
+    let names: Vec<String> = match fields {
         Some(fields) => fields,
         None => schema.fields.keys().cloned().collect(),
     };
@@ -83,48 +110,31 @@ pub async fn lookup(
             schema
                 .fields
                 .get(name)
-                .map(|spec| (name.as_str(), *spec))
+                .map(|spec| (name.clone(), *spec))
                 .ok_or_else(|| ApiError::UnknownField(format!("namespace has no field {name:?}")))
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    metrics::counter!(names::LOOKUP_KEYS).increment(req.keys.len() as u64);
-    state.hot.record(&ns, &req.keys);
+    metrics::counter!(names::LOOKUP_KEYS).increment(keys.len() as u64);
+    state.hot.record(&ns, &keys);
 
-    let looked = fetch(&state, &ns, &req.keys, &names, deadline).await;
+    let looked = fetch(state, &ns, &keys, &names, deadline).await;
     let near_cache = state.config.near_cache.is_some();
-    let answer = match looked {
+    Ok(match looked {
         Some(looked) => Answer {
-            keys: &req.keys,
+            keys,
             fallback: None,
             rows: looked.rows,
             cached: near_cache.then_some(looked.cached),
             fields,
         },
         None => Answer {
-            keys: &req.keys,
             fallback: Some(answer::fallback_bytes(&schema, &fields)?),
+            keys,
             rows: Vec::new(),
             cached: near_cache.then_some(0),
             fields,
         },
-    };
-    let binary = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/octet-stream"));
-    let mut response = if binary {
-        let body = answer::safetensors(&answer, req.dtype == OutDtype::Stored)?;
-        ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
-    } else {
-        let body = answer::json(&answer)?;
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-    };
-    if answer.fallback.is_some() {
-        response
-            .headers_mut()
-            .insert("x-larder-degraded", HeaderValue::from_static("1"));
-    }
-    Ok(response)
+    })
 }
 
 /// Ask the store unless the breaker is open; `None` means "answer degraded".

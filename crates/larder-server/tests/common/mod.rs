@@ -27,6 +27,11 @@ impl TestServer {
         if config.db.is_none() {
             config.db = Some(larder_server::config::DbUrl::SqliteMemory);
         }
+        // Tests run many servers at once: the default gRPC port would collide. Tests of the
+        // gRPC API choose a free port themselves.
+        if config.grpc_listen == Config::default().grpc_listen {
+            config.grpc_listen = None;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind port 0");

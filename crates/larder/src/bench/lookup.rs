@@ -12,6 +12,14 @@ use rand::Rng;
 use serde_json::json;
 
 use super::load::drive;
+use larder_server::grpc::pb::embeddings_client::EmbeddingsClient;
+use larder_server::grpc::pb::LookupRequest;
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub enum Format {
@@ -54,7 +62,18 @@ pub struct LookupArgs {
     /// as real traffic is skewed; without it, keys are drawn uniformly.
     #[arg(long, value_name = "S")]
     zipf: Option<f64>,
+    /// Look up over HTTP (`--format` applies) or over gRPC (`larder.v1.Embeddings/Lookup`,
+    /// raw bytes per field, at `--grpc-url`). Loading always goes over HTTP.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    protocol: Protocol,
+    /// The gRPC address of the same server.
+    #[arg(long, default_value = "http://127.0.0.1:7879")]
+    grpc_url: String,
 }
+
+/// HTTP/2 connections the gRPC load is spread over: one connection multiplexes every
+/// in-flight call through one socket and one server task, which would cap the load.
+const GRPC_CHANNELS: usize = 8;
 
 /// How request keys are drawn from `k0..k{entities}`.
 #[derive(Clone, Copy)]
@@ -177,55 +196,112 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
     };
     let draw = Keys::new(args.entities, args.zipf)?;
     let (keys, token) = (args.keys, Arc::new(args.token.clone()));
-    let report = drive(
-        args.concurrency,
-        Duration::from_secs(args.duration),
-        move |_, _| {
-            let (client, url, token) = (client.clone(), url.clone(), token.clone());
-            async move {
-                let body = {
-                    let mut rng = rand::rng();
-                    let keys: Vec<String> = (0..keys)
-                        .map(|_| format!("k{}", draw.draw(&mut rng)))
-                        .collect();
-                    json!({ "keys": keys })
-                };
-                let resp = request(&client, reqwest::Method::POST, url.to_string(), &token)
-                    .header("accept", accept)
-                    .json(&body)
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let degraded = resp.headers().contains_key("x-larder-degraded");
-                if !status.is_success() || degraded {
-                    let text = resp.text().await.unwrap_or_default();
-                    return Err(format!(
-                        "{status} degraded={degraded} {}",
-                        &text[..text.len().min(200)]
-                    )
-                    .into());
-                }
-                // Read the body chunk by chunk without gathering it into one buffer: the client
-                // should cost as little CPU as possible on a machine it shares with the server.
-                let mut resp = resp;
-                let mut received = 0usize;
-                while let Some(chunk) = resp.chunk().await? {
-                    received += chunk.len();
-                }
-                if received == 0 {
-                    return Err("empty body".into());
-                }
-                Ok(())
+    let report = match args.protocol {
+        Protocol::Http => {
+            drive(
+                args.concurrency,
+                Duration::from_secs(args.duration),
+                move |_, _| {
+                    let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                    async move {
+                        let body = {
+                            let mut rng = rand::rng();
+                            let keys: Vec<String> = (0..keys)
+                                .map(|_| format!("k{}", draw.draw(&mut rng)))
+                                .collect();
+                            json!({ "keys": keys })
+                        };
+                        let resp = request(&client, reqwest::Method::POST, url.to_string(), &token)
+                            .header("accept", accept)
+                            .json(&body)
+                            .send()
+                            .await?;
+                        let status = resp.status();
+                        let degraded = resp.headers().contains_key("x-larder-degraded");
+                        if !status.is_success() || degraded {
+                            let text = resp.text().await.unwrap_or_default();
+                            return Err(format!(
+                                "{status} degraded={degraded} {}",
+                                &text[..text.len().min(200)]
+                            )
+                            .into());
+                        }
+                        // Read the body chunk by chunk without gathering it into one buffer: the client
+                        // should cost as little CPU as possible on a machine it shares with the server.
+                        let mut resp = resp;
+                        let mut received = 0usize;
+                        while let Some(chunk) = resp.chunk().await? {
+                            received += chunk.len();
+                        }
+                        if received == 0 {
+                            return Err("empty body".into());
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
+        }
+        Protocol::Grpc => {
+            let mut channels = Vec::with_capacity(GRPC_CHANNELS);
+            for _ in 0..GRPC_CHANNELS {
+                let channel = tonic::transport::Endpoint::from_shared(args.grpc_url.clone())
+                    .map_err(|e| BenchError::Failed(format!("--grpc-url: {e}")))?
+                    .connect()
+                    .await
+                    .map_err(|e| {
+                        BenchError::Failed(format!("cannot reach {}: {e}", args.grpc_url))
+                    })?;
+                channels.push(EmbeddingsClient::new(channel).max_decoding_message_size(usize::MAX));
             }
-        },
-    )
-    .await;
+            let (namespace, token) = (args.namespace.clone(), args.token.clone());
+            drive(
+                args.concurrency,
+                Duration::from_secs(args.duration),
+                move |worker, _| {
+                    let mut client = channels[worker % channels.len()].clone();
+                    let (namespace, token) = (namespace.clone(), token.clone());
+                    async move {
+                        let keys: Vec<String> = {
+                            let mut rng = rand::rng();
+                            (0..keys)
+                                .map(|_| format!("k{}", draw.draw(&mut rng)))
+                                .collect()
+                        };
+                        let mut request = tonic::Request::new(LookupRequest {
+                            namespace,
+                            keys,
+                            fields: Vec::new(),
+                            dtype: String::new(),
+                        });
+                        if let Some(token) = token {
+                            let value = format!("Bearer {token}")
+                                .parse()
+                                .map_err(|_| BenchError::Failed("bad token".into()))?;
+                            request.metadata_mut().insert("authorization", value);
+                        }
+                        let answer = client
+                            .lookup(request)
+                            .await
+                            .map_err(|status| BenchError::Failed(status.to_string()))?
+                            .into_inner();
+                        if answer.degraded || answer.tensors.is_empty() {
+                            return Err("degraded or empty answer".into());
+                        }
+                        Ok(())
+                    }
+                },
+            )
+            .await
+        }
+    };
     let values = report.requests * args.keys as u64;
     println!(
         "lookup format={} keys={} dim={} concurrency={} draw={}: {} requests, {} errors in {:.1}s",
-        match args.format {
-            Format::Safetensors => "safetensors",
-            Format::Json => "json",
+        match (args.protocol, args.format) {
+            (Protocol::Grpc, _) => "grpc",
+            (Protocol::Http, Format::Safetensors) => "safetensors",
+            (Protocol::Http, Format::Json) => "json",
         },
         args.keys,
         args.dim,
