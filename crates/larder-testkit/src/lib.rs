@@ -38,6 +38,7 @@ mod cluster;
 pub mod ports;
 mod postgres;
 mod process;
+pub mod python;
 mod server;
 pub mod support;
 pub mod topology;
