@@ -3,7 +3,9 @@
 //! offer one are unmaintained or lack concurrent updates) estimates each key's count; the
 //! few keys whose estimate beats the current top-k's floor are kept in a small table. Every
 //! [`DECAY`] all counts are halved, so counts track recent traffic and the rate of a key is
-//! about `count / (2 × DECAY)`.
+//! about `count / (2 × DECAY)`. Only one lookup request in [`SAMPLE_EVERY`] is counted (its
+//! counts weigh that much more): measured on a 100-key lookup, counting every request cost
+//! 1.9% of the server's CPU.
 //!
 //! Served in `GET /v1/namespaces/{ns}/stats` (`hot_keys`) and in `/metrics` as
 //! `larder_hot_keys{namespace, rank, key}` (lookups/s). Those lines are written at render
@@ -27,14 +29,20 @@ const COLUMNS: usize = 4096;
 pub const TOP: usize = 10;
 /// How often counts are halved (and the metrics refreshed).
 pub const DECAY: Duration = Duration::from_secs(10);
+/// One request in this many is counted.
+pub const SAMPLE_EVERY: u64 = 8;
 /// The metric.
 pub const HOT_KEYS: &str = "larder_hot_keys";
 
 pub struct HotKeys {
     hasher: RandomState,
+    /// Requests seen, for sampling; and one in how many is counted.
+    requests: AtomicU64,
+    sample_every: u64,
     counters: Vec<AtomicU32>,
-    /// The smallest estimate in the top table once it is full; keys below it skip the lock.
-    floor: AtomicU64,
+    /// Per namespace, the smallest estimate in its top table once that is full: keys below it
+    /// cannot get in, and skip the table's lock.
+    floors: std::sync::RwLock<HashMap<String, u64>>,
     /// Per namespace, the hottest keys and their estimates, hottest first.
     top: Mutex<HashMap<String, Vec<(String, u64)>>>,
 }
@@ -48,21 +56,37 @@ pub struct HotKey {
 
 impl Default for HotKeys {
     fn default() -> Self {
-        HotKeys {
-            hasher: RandomState::new(),
-            counters: (0..ROWS * COLUMNS).map(|_| AtomicU32::new(0)).collect(),
-            floor: AtomicU64::new(0),
-            top: Mutex::new(HashMap::new()),
-        }
+        HotKeys::sampling(SAMPLE_EVERY)
     }
 }
 
 impl HotKeys {
-    /// Count one lookup of each of `keys` in namespace `ns`.
+    /// Count one request in `every`.
+    pub fn sampling(every: u64) -> Self {
+        HotKeys {
+            requests: AtomicU64::new(0),
+            sample_every: every.max(1),
+            hasher: RandomState::new(),
+            counters: (0..ROWS * COLUMNS).map(|_| AtomicU32::new(0)).collect(),
+            floors: std::sync::RwLock::new(HashMap::new()),
+            top: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Count one lookup of each of `keys` in namespace `ns` (if this request is sampled).
     pub fn record(&self, ns: &str, keys: &[String]) {
+        if self.requests.fetch_add(1, Ordering::Relaxed) % self.sample_every != 0 {
+            return;
+        }
+        let floor = self
+            .floors
+            .read()
+            .ok()
+            .and_then(|floors| floors.get(ns).copied())
+            .unwrap_or(0);
         for key in keys {
             let estimate = self.increment(ns, key);
-            if estimate >= self.floor.load(Ordering::Relaxed) {
+            if estimate >= floor {
                 self.offer(ns, key, estimate);
             }
         }
@@ -96,13 +120,19 @@ impl HotKeys {
         }
         table.sort_by_key(|e| std::cmp::Reverse(e.1));
         table.truncate(TOP);
-        // Keys below every full table's last entry cannot get in: they skip the lock.
-        let floor = tables
-            .values()
-            .map(|t| if t.len() >= TOP { t[TOP - 1].1 } else { 0 })
-            .min()
-            .unwrap_or(0);
-        self.floor.store(floor, Ordering::Relaxed);
+        let floor = if table.len() >= TOP {
+            table[TOP - 1].1
+        } else {
+            0
+        };
+        if let Ok(mut floors) = self.floors.write() {
+            match floors.get_mut(ns) {
+                Some(slot) => *slot = floor,
+                None => {
+                    floors.insert(ns.to_owned(), floor);
+                }
+            }
+        }
     }
 
     /// The hottest keys of `ns`, hottest first.
@@ -116,11 +146,16 @@ impl HotKeys {
                     .iter()
                     .map(|(key, count)| HotKey {
                         key: key.clone(),
-                        rate: *count as f64 / (2.0 * DECAY.as_secs_f64()),
+                        rate: self.rate(*count),
                     })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Lookups per second that a decayed count stands for.
+    fn rate(&self, count: u64) -> f64 {
+        (count * self.sample_every) as f64 / (2.0 * DECAY.as_secs_f64())
     }
 
     /// Halve every count.
@@ -142,7 +177,9 @@ impl HotKeys {
             }
             tables.retain(|_, table| !table.is_empty());
         }
-        self.floor.store(0, Ordering::Relaxed);
+        if let Ok(mut floors) = self.floors.write() {
+            floors.clear();
+        }
     }
 
     /// The Prometheus text lines of the hot keys.
@@ -162,7 +199,7 @@ impl HotKeys {
                     escape(ns),
                     rank + 1,
                     escape(key),
-                    *count as f64 / (2.0 * DECAY.as_secs_f64())
+                    self.rate(*count)
                 ));
             }
         }
@@ -194,7 +231,7 @@ mod tests {
 
     #[test]
     fn finds_the_hot_keys_of_each_namespace() {
-        let hot = HotKeys::default();
+        let hot = HotKeys::sampling(1);
         let cold: Vec<String> = (0..5000).map(|i| format!("cold{i}")).collect();
         for round in 0..20 {
             hot.record("a", &cold[round * 250..(round + 1) * 250]);

@@ -77,6 +77,7 @@ pub async fn serve(
         app.categories.clone(),
     );
     let decay = tokio::spawn(hot::decay_every(state.hot.clone(), hot::DECAY));
+    let schemas = tokio::spawn(state.schemas.clone().follow(state.store.clone()));
     // Both servers stop when `shutdown` resolves.
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let grpc = match app.config.grpc_listen {
@@ -117,6 +118,7 @@ pub async fn serve(
         } => tracing::warn!(?drain, "in-flight requests did not finish in time; stopping"),
     }
     decay.abort();
+    schemas.abort();
     if let Some(grpc) = grpc {
         // Drained by now, or cut off at the same deadline as HTTP.
         let _ = tokio::time::timeout(drain, grpc).await;

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use larder_categories::Categories;
-use larder_store::{NamespaceSchema, Store};
+use larder_store::{Invalidation, NamespaceSchema, Store};
 
 use crate::breaker::Breaker;
 use crate::config::Config;
@@ -154,6 +155,37 @@ impl SchemaCache {
                     None => Err(error.into()),
                 }
             }
+        }
+    }
+
+    /// Follow the store's announcements for as long as the server runs: a schema (or alias)
+    /// written by any server is dropped here at once, so the next request reads it anew. When
+    /// announcements may have been missed, every entry is aged instead of dropped: it is
+    /// re-read on its next use, and still serves (degraded lookups need it) if the store is
+    /// down.
+    pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
+        loop {
+            if let Ok(mut stream) = store.invalidations().await {
+                self.age_all();
+                while let Some(invalidation) = stream.next().await {
+                    match invalidation {
+                        Invalidation::Namespace(ns) => self.forget(&ns),
+                        Invalidation::All | Invalidation::Lost => self.age_all(),
+                        Invalidation::Entities { .. } | Invalidation::Category(_) => {}
+                    }
+                }
+            }
+            self.age_all();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn age_all(&self) {
+        let stale = Instant::now()
+            .checked_sub(FRESH)
+            .unwrap_or_else(Instant::now);
+        for entry in self.write().values_mut() {
+            entry.at = stale;
         }
     }
 

@@ -428,3 +428,60 @@ async fn stats_show_the_spread_over_the_cluster_and_the_hot_keys() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_flip_on_one_server_is_followed_by_the_other_at_once() {
+    let redis = RedisServer::start();
+    let a = TestServer::on(&redis.url()).await;
+    let b = TestServer::on(&redis.url()).await;
+    for (version, value) in [("v1", 1.0), ("v2", 2.0)] {
+        let path = format!("/v1/namespaces/items@{version}");
+        let (status, body) = a
+            .put(&path, json!({"fields": {"v": {"dim": 2, "dtype": "f32"}}}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let entity = json!({"entities": [{"key": "k", "fields": {"v": [value, value]}}]});
+        assert_eq!(
+            a.post(&format!("{path}/entities"), entity).await.0,
+            StatusCode::OK
+        );
+    }
+    let value_on_b = || async {
+        b.post("/v1/namespaces/items/lookup", json!({"keys": ["k"]}))
+            .await
+            .1["results"][0]["fields"]["v"][0]
+            .as_f64()
+    };
+    assert_eq!(
+        a.put("/v1/aliases/items", json!({"namespace": "items@v1"}))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // B may first need its subscription; from then on, flips reach it within 100 ms.
+    let started = Instant::now();
+    while value_on_b().await != Some(1.0) {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (round, (target, value)) in [("items@v2", 2.0), ("items@v1", 1.0), ("items@v2", 2.0)]
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(
+            a.put("/v1/aliases/items", json!({ "namespace": target }))
+                .await
+                .0,
+            StatusCode::OK
+        );
+        let flipped = Instant::now();
+        while value_on_b().await != Some(value) {
+            assert!(
+                flipped.elapsed() < Duration::from_millis(100),
+                "flip {round}: B still follows the old target 100 ms later"
+            );
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}

@@ -212,13 +212,16 @@ impl Store for RedisStore {
         set.arg(&key).arg(json);
         let mut sadd = redis::cmd("SADD");
         sadd.arg(keys::NAMESPACE_INDEX).arg(ns);
-        self.batcher
-            .run(vec![
+        // Announced like a namespace-wide write: other servers drop their cached schema (an
+        // alias flip is seen at once) and their near cache of the namespace.
+        self.write_and_announce(
+            vec![
                 keyed(key.into_bytes(), set),
                 keyed(keys::NAMESPACE_INDEX.as_bytes().to_vec(), sadd),
-            ])
-            .await
-            .map(drop)
+            ],
+            EntityMessage::encode(ns, None::<std::iter::Empty<&str>>),
+        )
+        .await
     }
 
     async fn get_schema(&self, ns: &str) -> Result<Option<NamespaceSchema>> {
