@@ -75,7 +75,11 @@ impl HotKeys {
 
     /// Count one lookup of each of `keys` in namespace `ns` (if this request is sampled).
     pub fn record(&self, ns: &str, keys: &[String]) {
-        if self.requests.fetch_add(1, Ordering::Relaxed) % self.sample_every != 0 {
+        if !self
+            .requests
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.sample_every)
+        {
             return;
         }
         let floor = self
