@@ -211,7 +211,12 @@ pub async fn serve(
     let embeddings = pb::embeddings_server::EmbeddingsServer::new(Embeddings { state })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX);
+    // h2's default 64 KiB stream window makes a 300 KB answer wait for WINDOW_UPDATEs; a
+    // window as large as the largest message lets one flow through in one go.
+    let window = u32::try_from(max_message.max(1 << 20)).unwrap_or(u32::MAX);
     tonic::transport::Server::builder()
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window.saturating_mul(4))
         .add_service(embeddings)
         .add_service(reflection)
         .serve_with_incoming_shutdown(

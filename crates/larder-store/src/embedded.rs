@@ -281,7 +281,7 @@ impl Store for EmbeddedStore {
                 .map(|r| {
                     fields
                         .iter()
-                        .map(|f| r.field(f).map(<[u8]>::to_vec))
+                        .map(|f| r.field(f).map(bytes::Bytes::copy_from_slice))
                         .collect()
                 });
             rows.push(row);

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+pub use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use backup::{Backed, BackedOptions, Backup};
@@ -64,8 +65,10 @@ pub struct EntityState {
 }
 
 /// One lookup answer row: `None` when the entity does not exist at all, otherwise one slot per
-/// requested field (`None` where the entity lacks that field).
-pub type Row = Option<Vec<Option<Vec<u8>>>>;
+/// requested field (`None` where the entity lacks that field). Values are [`Bytes`]: taken
+/// over from the Redis reply without a copy, and shared (not copied) by the near cache and
+/// every answer it serves.
+pub type Row = Option<Vec<Option<Bytes>>>;
 
 /// A lookup's rows and how many of them came from the near cache.
 #[derive(Debug, Clone, PartialEq)]

@@ -69,8 +69,8 @@ enum Claim<'a> {
 struct Entry {
     /// Do not serve after this instant.
     expires: Instant,
-    /// The field names `row` holds values for, in order.
-    fields: Vec<String>,
+    /// The field names `row` holds values for, in order (shared by one fetch's entries).
+    fields: Arc<[String]>,
     /// `None`: the entity does not exist.
     row: Row,
 }
@@ -104,7 +104,7 @@ impl Weighter<Vec<u8>, Arc<Entry>> for ByBytes {
             .row
             .iter()
             .flatten()
-            .map(|value| value.as_ref().map_or(0, Vec::len))
+            .map(|value| value.as_ref().map_or(0, bytes::Bytes::len))
             .sum();
         let names: usize = entry.fields.iter().map(String::len).sum();
         // Bookkeeping (the entry, its vectors and the cache's slot) is about 100 bytes.
@@ -250,6 +250,7 @@ impl NearCache {
         let asked: Vec<String> = wanted.iter().map(|(i, _)| keys[*i].clone()).collect();
         let started = Instant::now();
         let fetched = self.inner.lookup_expiring(ns, &asked, fields).await?;
+        let names: Arc<[String]> = fields.into();
         let keep = self.shared.live.load(Ordering::SeqCst)
             && self.shared.epoch.load(Ordering::SeqCst) == epoch;
         for ((i, guard), (row, ttl)) in wanted.into_iter().zip(fetched) {
@@ -258,7 +259,7 @@ impl NearCache {
                 // Err: the placeholder was removed by an invalidation; keep nothing.
                 let _ = guard.insert(Arc::new(Entry {
                     expires: started + life,
-                    fields: fields.to_vec(),
+                    fields: names.clone(),
                     row: row.clone(),
                 }));
             }

@@ -416,7 +416,7 @@ async fn writes_are_refused_while_the_backup_is_down_and_reads_carry_on() {
         .lookup("users", &["k".to_owned()], &["text".to_owned()])
         .await
         .expect("lookup");
-    assert_eq!(rows, vec![Some(vec![Some(v1)])]);
+    assert_eq!(rows, vec![Some(vec![Some(v1.into())])]);
 
     pg.start_server();
     let deadline = Instant::now() + Duration::from_secs(10);

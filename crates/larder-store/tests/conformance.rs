@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use futures::stream::{BoxStream, StreamExt};
 use larder_store::codec::{self, Dtype};
-use larder_store::{EntityWrite, FieldSpec, Invalidation, NamespaceSchema, Store, StoreOptions};
+use larder_store::{
+    Bytes, EntityWrite, FieldSpec, Invalidation, NamespaceSchema, Store, StoreOptions,
+};
 use larder_testkit::{RedisCluster, RedisServer};
 
 fn schema(ttl: Option<u64>) -> NamespaceSchema {
@@ -115,10 +117,16 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .expect("lookup");
     assert_eq!(rows.len(), 5);
-    assert_eq!(rows[0], Some(vec![None, Some(text.clone())]));
+    assert_eq!(rows[0], Some(vec![None, Some(Bytes::from(text.clone()))]));
     assert_eq!(rows[1], None, "no such entity");
-    assert_eq!(rows[2], Some(vec![Some(clip.clone()), Some(text.clone())]));
-    assert_eq!(rows[3], Some(vec![None, Some(text.clone())]));
+    assert_eq!(
+        rows[2],
+        Some(vec![
+            Some(Bytes::from(clip.clone())),
+            Some(Bytes::from(text.clone()))
+        ])
+    );
+    assert_eq!(rows[3], Some(vec![None, Some(Bytes::from(text.clone()))]));
     assert_eq!(rows[4], rows[2], "duplicate answered in place");
     // An existing entity that lacks every requested field is not "missing".
     let rows = store
@@ -173,7 +181,10 @@ async fn conformance(store: Arc<dyn Store>) {
         )
         .await
         .expect("lookup");
-    assert_eq!(rows, vec![Some(vec![None, Some(text.clone())]), None]);
+    assert_eq!(
+        rows,
+        vec![Some(vec![None, Some(Bytes::from(text.clone()))]), None]
+    );
     assert_eq!(
         store
             .get_entity("users2", "user:42")
@@ -209,7 +220,10 @@ async fn conformance(store: Arc<dyn Store>) {
         .lookup("users", &strings(&["short", "kept"]), &strings(&["text"]))
         .await
         .expect("lookup");
-    assert_eq!(rows, vec![None, Some(vec![Some(text.clone())])]);
+    assert_eq!(
+        rows,
+        vec![None, Some(vec![Some(Bytes::from(text.clone()))])]
+    );
 }
 
 /// The category the view checks use: Korean with a space, as real category names are.

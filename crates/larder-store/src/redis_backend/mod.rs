@@ -176,10 +176,11 @@ fn keyed(key: Vec<u8>, cmd: Cmd) -> Keyed {
     Keyed { key, cmd }
 }
 
-fn into_bytes(value: Value) -> Option<Vec<u8>> {
+/// A reply value as bytes, without copying it.
+fn into_bytes(value: Value) -> Option<bytes::Bytes> {
     match value {
-        Value::BulkString(bytes) => Some(bytes),
-        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::BulkString(bytes) => Some(bytes.into()),
+        Value::SimpleString(s) => Some(s.into_bytes().into()),
         _ => None,
     }
 }
@@ -323,7 +324,7 @@ impl Store for RedisStore {
             })
             .collect();
         let replies = self.batcher.run(cmds).await?;
-        let mut rows: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(keys.len());
+        let mut rows: Vec<Vec<Option<bytes::Bytes>>> = Vec::with_capacity(keys.len());
         for (reply, key) in replies.into_iter().zip(keys) {
             match reply {
                 Value::Array(values) => rows.push(values.into_iter().map(into_bytes).collect()),

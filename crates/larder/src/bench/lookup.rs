@@ -245,8 +245,11 @@ pub async fn run(args: LookupArgs) -> Result<(), BenchError> {
         Protocol::Grpc => {
             let mut channels = Vec::with_capacity(GRPC_CHANNELS);
             for _ in 0..GRPC_CHANNELS {
+                // Windows as large as a few answers, as grpcio's adaptive windows reach.
                 let channel = tonic::transport::Endpoint::from_shared(args.grpc_url.clone())
                     .map_err(|e| BenchError::Failed(format!("--grpc-url: {e}")))?
+                    .initial_stream_window_size(Some(4 << 20))
+                    .initial_connection_window_size(Some(16 << 20))
                     .connect()
                     .await
                     .map_err(|e| {
