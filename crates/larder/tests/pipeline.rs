@@ -62,6 +62,7 @@ async fn serve(dir: &Path, config: &Path, port: u16) -> Proc {
     );
     command
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--grpc-listen", "off"])
         .stdout(Stdio::null());
     Proc::ready(
         command,

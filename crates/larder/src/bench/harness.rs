@@ -34,7 +34,7 @@ pub fn mock_llm(latency_ms: u64) -> Result<ChildProcess, BenchError> {
     Proc::announcing(command, "larder mock-llm", None).map_err(BenchError::from)
 }
 
-/// `larder serve --config FILE --listen 127.0.0.1:PORT`, ready once `/readyz` answers 200.
+/// `larder serve --config FILE --listen 127.0.0.1:PORT --grpc-listen off`, ready once `/readyz` answers 200.
 pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess, BenchError> {
     let port = support::free_port()?;
     let mut command = larder()?;
@@ -42,6 +42,8 @@ pub async fn serve(config: &Path, envs: &[(&str, &str)]) -> Result<ChildProcess,
         .args(["serve", "--config"])
         .arg(config)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        // The benches speak HTTP; a user's server may hold the default gRPC port.
+        .args(["--grpc-listen", "off"])
         .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
