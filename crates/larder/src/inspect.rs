@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use larder_app::{open, Config, Overrides};
+use larder_app::{open, Overrides};
 use larder_store::schema::valid_namespace;
 
 #[derive(Args)]
@@ -38,12 +38,9 @@ pub async fn run(args: InspectArgs) -> i32 {
         data_dir: args.data_dir,
         ..Overrides::default()
     };
-    let config = match Config::load(args.config.as_deref(), overrides) {
+    let config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let store = match open::raw_store(&config).await {
         Ok(store) => store,

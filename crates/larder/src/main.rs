@@ -56,6 +56,18 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+/// The config a command runs with (file, then `LARDER_*`, then `overrides`), or exit status 2
+/// after one clear line on stderr naming the flag or key.
+pub(crate) fn load_config(
+    file: Option<&std::path::Path>,
+    overrides: larder_app::Overrides,
+) -> Result<larder_app::Config, i32> {
+    larder_app::Config::load(file, overrides).map_err(|error| {
+        eprintln!("error: {error}");
+        2
+    })
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -36,12 +36,9 @@ pub async fn run(args: RebuildArgs) -> i32 {
         db: args.db,
         ..Overrides::default()
     };
-    let config = match Config::load(args.config.as_deref(), overrides) {
+    let config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     match rebuild(config, args.category).await {
         Ok(n) => {

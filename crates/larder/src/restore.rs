@@ -37,12 +37,9 @@ pub async fn run(args: RestoreArgs) -> i32 {
         backup: args.backup,
         ..Overrides::default()
     };
-    let config = match Config::load(args.config.as_deref(), overrides) {
+    let config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     if config.backup.is_none() {
         eprintln!("error: --backup: restore reads the backup; give --backup URL, LARDER_BACKUP or backup in the config file");

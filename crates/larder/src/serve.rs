@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use larder_app::{Config, Overrides};
+use larder_app::Overrides;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -58,12 +58,9 @@ pub async fn run(args: ServeArgs) -> i32 {
         db: args.db,
         backup: args.backup,
     };
-    let config = match Config::load(args.config.as_deref(), overrides) {
+    let config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

@@ -48,12 +48,9 @@ pub async fn run(args: WorkerArgs) -> i32 {
         db: args.db,
         ..Overrides::default()
     };
-    let mut config = match Config::load(args.config.as_deref(), overrides) {
+    let mut config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     if config.db.is_none() {
         // The default (a SQLite file in the local data dir) is the server's only on the same

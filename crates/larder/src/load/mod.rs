@@ -268,12 +268,9 @@ pub async fn run(args: LoadArgs) -> i32 {
         backup: args.backup.clone(),
         ..Overrides::default()
     };
-    let config = match Config::load(args.config.as_deref(), overrides) {
+    let config = match crate::load_config(args.config.as_deref(), overrides) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     if !larder_store::schema::valid_namespace(&args.namespace) {
         eprintln!(
