@@ -213,10 +213,14 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     // h2's default 64 KiB stream window makes a 300 KB answer wait for WINDOW_UPDATEs; a
     // window as large as the largest message lets one flow through in one go.
-    let window = u32::try_from(max_message.max(1 << 20)).unwrap_or(u32::MAX);
+    // HTTP/2 windows are at most 2^31 - 1.
+    const MAX_WINDOW: u32 = i32::MAX as u32;
+    let window = u32::try_from(max_message.max(1 << 20))
+        .unwrap_or(MAX_WINDOW)
+        .min(MAX_WINDOW);
     tonic::transport::Server::builder()
         .initial_stream_window_size(window)
-        .initial_connection_window_size(window.saturating_mul(4))
+        .initial_connection_window_size(window.saturating_mul(4).min(MAX_WINDOW))
         .add_service(embeddings)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
