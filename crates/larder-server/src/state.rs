@@ -159,33 +159,21 @@ impl SchemaCache {
     }
 
     /// Follow the store's announcements for as long as the server runs: a schema (or alias)
-    /// written by any server is dropped here at once, so the next request reads it anew. When
-    /// announcements may have been missed, every entry is aged instead of dropped: it is
-    /// re-read on its next use, and still serves (degraded lookups need it) if the store is
-    /// down.
+    /// written by any server is dropped here at once, so the next request reads it anew.
+    /// Announcements missed while the subscription was down are covered by the entries' 2 s
+    /// freshness. Entries are not aged on a reconnect: after a Redis restart that lost the
+    /// data, that would take the schemas away from lookups at once (they keep answering, with
+    /// every key missing, until the store is restored).
     pub async fn follow(self: Arc<Self>, store: Arc<dyn Store>) {
         loop {
             if let Ok(mut stream) = store.invalidations().await {
-                self.age_all();
                 while let Some(invalidation) = stream.next().await {
-                    match invalidation {
-                        Invalidation::Namespace(ns) => self.forget(&ns),
-                        Invalidation::All | Invalidation::Lost => self.age_all(),
-                        Invalidation::Entities { .. } | Invalidation::Category(_) => {}
+                    if let Invalidation::Namespace(ns) = invalidation {
+                        self.forget(&ns);
                     }
                 }
             }
-            self.age_all();
             tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    fn age_all(&self) {
-        let stale = Instant::now()
-            .checked_sub(FRESH)
-            .unwrap_or_else(Instant::now);
-        for entry in self.write().values_mut() {
-            entry.at = stale;
         }
     }
 

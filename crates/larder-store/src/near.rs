@@ -19,7 +19,9 @@
 //!   process reads its own writes at once), and the announcement drops them everywhere else;
 //! - a miss is fetched under a per-key placeholder (single flight: concurrent requests for the
 //!   key wait for one fetch). An announcement that arrives while the fetch is in flight
-//!   removes the placeholder, so the fetched (possibly old) value is not kept;
+//!   removes the placeholder, so the fetched (possibly old) value is not kept. A request holds
+//!   placeholders only while its own fetch is in flight, never while it waits for another's,
+//!   so two requests cannot wait on each other;
 //! - namespace-wide announcements, and losing the subscription, bump an epoch; a fetch that
 //!   saw the epoch move keeps nothing;
 //! - while the subscription is down (Redis restarting, a network cut) the cache is empty and
@@ -364,7 +366,9 @@ impl Store for NearCache {
         metrics::counter!(MISSES).increment((owned.len() + waiting.len()) as u64);
         self.fetch(ns, keys, fields, owned, &mut rows).await?;
         // Keys another request was fetching: wait for its fetch, then fetch what it did not
-        // keep (it failed, or an invalidation came in) under our own placeholder.
+        // keep (it failed, or an invalidation came in) without keeping it. A placeholder
+        // handed to us here is dropped at once: holding it while waiting for the next key
+        // could deadlock with a request that waits the other way round.
         let mut again = Vec::new();
         for (i, redis_key) in waiting {
             match self.shared.cache.get_value_or_guard_async(&redis_key).await {
@@ -372,7 +376,7 @@ impl Store for NearCache {
                     Some(row) => rows[i] = Some(row),
                     None => again.push((i, None)),
                 },
-                Err(guard) => again.push((i, Some(guard))),
+                Err(_released) => again.push((i, None)),
             }
         }
         self.fetch(ns, keys, fields, again, &mut rows).await?;
