@@ -137,9 +137,7 @@ impl Shared {
     fn apply(&self, invalidation: Invalidation) {
         match invalidation {
             Invalidation::Entities { ns, keys: names } => {
-                for name in &names {
-                    self.cache.remove(&keys::entity(&ns, name));
-                }
+                self.forget(&ns, names.iter());
                 metrics::counter!(INVALIDATED).increment(names.len() as u64);
             }
             Invalidation::Namespace(ns) => {
