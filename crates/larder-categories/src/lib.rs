@@ -24,7 +24,7 @@ mod views;
 
 pub use error::CategoriesError;
 pub use generations::{Generations, Jobs};
-pub use ranking::{Ranking, View, ViewItem};
+pub use ranking::{Calibration, Evidence, Ranking, View, ViewItem};
 pub use service::{Categories, SeedCategory};
 
 /// Metric names of this crate.

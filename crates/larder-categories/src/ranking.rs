@@ -12,8 +12,9 @@
 //!   item shown at the bottom is weaker evidence against it; the DCG discount).
 //!
 //! The view holds the active items ordered by posterior mean. `explore=false` serves that
-//! order; `explore=true` draws once from every item's posterior and serves the best draws
-//! (Thompson sampling), so new items with wide posteriors get shown.
+//! order; `explore=true` draws once from every item's posterior and serves the items with the
+//! best draws (Thompson sampling), so new items with wide posteriors get shown, listed by
+//! posterior mean, so exploring happens low in the list where a miss costs least.
 
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
@@ -40,36 +41,191 @@ pub fn posterior(prior: (f64, f64), selections: u64, weighted_impressions: f64) 
     )
 }
 
-/// The ranking model's settings: how much the evaluators' prior is worth. One value, handed
-/// to the rank stage and to the service by the assembly point, so they never disagree.
+/// The ranking model's settings. One value, handed to the rank stage and to the service by
+/// the assembly point, so they never disagree.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Ranking {
-    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count).
+    /// How many impressions a full-marks evaluation is worth (the prior's pseudo-count)
+    /// before the category has feedback.
     pub prior_strength: f64,
+    /// Calibrate the prior on the category's feedback ([`Calibration`]); `false` keeps the
+    /// fixed prior above.
+    pub adaptive_prior: bool,
 }
 
 impl Default for Ranking {
     fn default() -> Self {
         Ranking {
             prior_strength: 10.0,
+            adaptive_prior: true,
+        }
+    }
+}
+
+/// What the ranking knows of one item.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// Mean evaluator score, 0..=10; `None` if not evaluated.
+    pub eval_mean: Option<f64>,
+    pub selections: u64,
+    /// Impressions, each weighted by [`position_weight`].
+    pub weighted_impressions: f64,
+}
+
+impl From<&larder_db::RankInput> for Evidence {
+    fn from(input: &larder_db::RankInput) -> Self {
+        Evidence {
+            eval_mean: input.eval_mean,
+            selections: input.selections,
+            weighted_impressions: input.weighted_impressions,
         }
     }
 }
 
 impl Ranking {
-    /// An item's posterior from its mean evaluator score and its feedback.
-    pub fn posterior(
-        &self,
-        eval_mean: Option<f64>,
-        selections: u64,
-        weighted_impressions: f64,
-    ) -> (f64, f64) {
+    /// The prior of a category's items, fitted to the feedback of `items` (its active items).
+    pub fn calibrate(&self, items: &[Evidence]) -> Calibration {
+        Calibration::fit(self, items)
+    }
+}
+
+/// An empirical-Bayes prior: how the evaluators' scores map to selection rates in *this*
+/// category, and how far items stray from that map, both learned from its feedback.
+///
+/// The fixed prior says a score of 8 means 8 selections in 10 impressions. Real selection
+/// rates are lower and the evaluators are more or less right, so with it every item not
+/// yet shown looks better than every item shown, and the prior is worth the same whether the
+/// evaluators predict selections well or not at all. The calibration fixes both:
+/// - **Mean.** A weighted least-squares line from score to selection rate, over every
+///   item's current posterior mean under the fixed prior (weight: its pseudo-count plus its
+///   weighted impressions). Without feedback the line is the fixed prior's own, exactly.
+/// - **Strength.** The spread of the true rates around that line, by the method of moments
+///   (observed squared residuals minus their binomial part), blended with the fixed prior's
+///   spread by how much evidence each has. Evaluators that predict selections well leave
+///   little spread: a strong prior, little exploring. Useless ones leave the items' own
+///   spread: a weak prior, so feedback decides quickly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Selection rate at score `x`: `intercept + slope·x`.
+    intercept: f64,
+    slope: f64,
+    /// Pseudo-count of every item's prior.
+    strength: f64,
+    /// The fixed prior (`adaptive_prior = false`).
+    fixed: Option<f64>,
+}
+
+/// Prior means stay inside this range, so both Beta parameters stay positive.
+const MEAN_RANGE: (f64, f64) = (0.002, 0.998);
+/// Prior strength bounds: at least one impression's worth, at most a thousand.
+const STRENGTH_RANGE: (f64, f64) = (1.0, 1000.0);
+
+impl Calibration {
+    fn fit(ranking: &Ranking, items: &[Evidence]) -> Calibration {
+        let k = ranking.prior_strength;
+        if !ranking.adaptive_prior {
+            return Calibration {
+                intercept: 0.0,
+                slope: 0.0,
+                strength: k,
+                fixed: Some(k),
+            };
+        }
+        // The fixed prior is Beta(1 + k·x/10, 1 + k·(1 − x/10)): mean (1 + k·x/10)/(2 + k)
+        // (a line in x), pseudo-count k + 2.
+        let pseudo = k + 2.0;
+        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for item in items {
+            let x = score(item.eval_mean);
+            let n = item.weighted_impressions.max(0.0);
+            let prior_mean = (1.0 + k * x / 10.0) / pseudo;
+            let w = pseudo + n;
+            let y = ((pseudo * prior_mean + item.selections as f64) / w).clamp(0.0, 1.0);
+            sw += w;
+            sx += w * x;
+            sy += w * y;
+            sxx += w * x * x;
+            sxy += w * x * y;
+        }
+        let (intercept, slope) = if sw > 0.0 {
+            let (mx, my) = (sx / sw, sy / sw);
+            let vx = sxx / sw - mx * mx;
+            // All scores equal: a flat line through the mean rate.
+            let slope = if vx > 1e-9 {
+                (sxy / sw - mx * my) / vx
+            } else {
+                0.0
+            };
+            (my - slope * mx, slope)
+        } else {
+            (1.0 / pseudo, k / 10.0 / pseudo)
+        };
+        let line = Calibration {
+            intercept,
+            slope,
+            strength: pseudo,
+            fixed: None,
+        };
+        // Spread of true rates around the line: the fixed prior's (a Beta of pseudo-count
+        // `pseudo` has variance mean·(1 − mean)/(pseudo + 1)), and the data's.
+        let (mut variance, mut residual, mut binomial, mut total) = (0.0, 0.0, 0.0, 0.0);
+        for item in items {
+            let mean = line.mean(item.eval_mean);
+            variance += mean * (1.0 - mean);
+            let n = item.weighted_impressions;
+            if n > 0.0 {
+                let rate = (item.selections as f64 / n).min(1.0);
+                residual += n * (rate - mean) * (rate - mean);
+                binomial += mean * (1.0 - mean);
+                total += n;
+            }
+        }
+        let count = items.len().max(1) as f64;
+        let variance = variance / count;
+        let prior_spread = variance / (pseudo + 1.0);
+        let prior_weight = pseudo * count;
+        let data_spread = if total > 0.0 {
+            ((residual - binomial) / total).max(1e-6)
+        } else {
+            prior_spread
+        };
+        let spread = (prior_weight * prior_spread + total * data_spread) / (prior_weight + total);
+        // One strength for the category: the pseudo-count whose Beta has that spread at the
+        // items' mean variance (without feedback: `pseudo`, the fixed prior's).
+        let strength = if spread > 0.0 && variance > 0.0 {
+            (variance / spread - 1.0).clamp(STRENGTH_RANGE.0, STRENGTH_RANGE.1)
+        } else {
+            pseudo
+        };
+        Calibration { strength, ..line }
+    }
+
+    fn mean(&self, eval_mean: Option<f64>) -> f64 {
+        (self.intercept + self.slope * score(eval_mean)).clamp(MEAN_RANGE.0, MEAN_RANGE.1)
+    }
+
+    /// An item's prior pseudo-counts.
+    pub fn prior(&self, eval_mean: Option<f64>) -> (f64, f64) {
+        if let Some(strength) = self.fixed {
+            return prior(eval_mean, strength);
+        }
+        let mean = self.mean(eval_mean);
+        (self.strength * mean, self.strength * (1.0 - mean))
+    }
+
+    /// An item's posterior after its feedback.
+    pub fn posterior(&self, item: &Evidence) -> (f64, f64) {
         posterior(
-            prior(eval_mean, self.prior_strength),
-            selections,
-            weighted_impressions,
+            self.prior(item.eval_mean),
+            item.selections,
+            item.weighted_impressions,
         )
     }
+}
+
+/// The evaluators' mean score on 0..=10, neutral 5 when not evaluated.
+fn score(eval_mean: Option<f64>) -> f64 {
+    eval_mean.unwrap_or(5.0).clamp(0.0, 10.0)
 }
 
 /// A posterior mean as the API shows it: 4 decimals.
@@ -148,6 +304,12 @@ impl View {
     }
 
     /// [`Self::sample`] as positions in `items`.
+    ///
+    /// The draws choose *which* items are shown; the chosen ones are then listed by posterior
+    /// mean, not by their draws. Users look at the top of a list far more than at its bottom,
+    /// so an item shown because of a lucky draw (a wide posterior) is tried where a miss costs
+    /// least, and the top positions go to the items believed best (measured with
+    /// `larder bench ranking`).
     pub fn sample_indices(&self, limit: usize, rng: &mut impl Rng) -> Vec<usize> {
         let mut drawn: Vec<(f64, usize)> = self
             .items
@@ -160,8 +322,10 @@ impl View {
             drawn.select_nth_unstable_by(limit, |a, b| b.0.total_cmp(&a.0));
             drawn.truncate(limit);
         }
-        drawn.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        drawn.into_iter().map(|(_, index)| index).collect()
+        // `items` is ordered by posterior mean, so index order is mean order.
+        let mut chosen: Vec<usize> = drawn.into_iter().map(|(_, index)| index).collect();
+        chosen.sort_unstable();
+        chosen
     }
 }
 
@@ -191,6 +355,88 @@ mod tests {
         assert!(chosen.0 / (chosen.0 + chosen.1) > ignored.0 / (ignored.0 + ignored.1));
         // More selections than weighted impressions never make beta shrink below the prior.
         assert_eq!(posterior((1.0, 2.0), 5, 1.0), (6.0, 2.0));
+    }
+
+    fn evidence(score: f64, selections: u64, impressions: f64) -> Evidence {
+        Evidence {
+            eval_mean: Some(score),
+            selections,
+            weighted_impressions: impressions,
+        }
+    }
+
+    #[test]
+    fn without_feedback_the_calibrated_prior_is_the_fixed_one() {
+        let ranking = Ranking::default();
+        let items: Vec<Evidence> = (0..=10).map(|s| evidence(s as f64, 0, 0.0)).collect();
+        let calibration = ranking.calibrate(&items);
+        let fixed = Ranking {
+            adaptive_prior: false,
+            ..ranking
+        }
+        .calibrate(&items);
+        for item in &items {
+            let (a, b) = calibration.prior(item.eval_mean);
+            let (fa, fb) = fixed.prior(item.eval_mean);
+            assert!((a / (a + b) - fa / (fa + fb)).abs() < 1e-9, "same mean");
+            assert!(((a + b) - (fa + fb)).abs() < 1e-9, "same strength");
+        }
+        assert_eq!(fixed.prior(Some(9.0)), prior(Some(9.0), 10.0));
+    }
+
+    #[test]
+    fn the_prior_learns_the_scale_and_how_much_to_trust_the_scores() {
+        let ranking = Ranking::default();
+        // Scores that predict selections (rate = score / 50) and scores that do not.
+        let telling: Vec<Evidence> = (0..50)
+            .map(|i| {
+                let score = (i % 10) as f64;
+                evidence(score, (score * 20.0) as u64, 1000.0)
+            })
+            .collect();
+        let useless: Vec<Evidence> = (0..50)
+            .map(|i| {
+                evidence(
+                    (i % 10) as f64,
+                    if (i / 10) % 2 == 0 { 40 } else { 280 },
+                    1000.0,
+                )
+            })
+            .collect();
+        let good = ranking.calibrate(&telling);
+        let mean = |c: &Calibration, s: f64| {
+            let (a, b) = c.prior(Some(s));
+            a / (a + b)
+        };
+        // The fixed prior says a 9 means 0.8; this category selects a 9 at 0.18.
+        assert!(
+            (mean(&good, 9.0) - 0.18).abs() < 0.01,
+            "{}",
+            mean(&good, 9.0)
+        );
+        assert!(
+            (mean(&good, 2.0) - 0.04).abs() < 0.01,
+            "{}",
+            mean(&good, 2.0)
+        );
+        let bad = ranking.calibrate(&useless);
+        assert!(
+            (mean(&bad, 9.0) - mean(&bad, 1.0)).abs() < 0.03,
+            "flat line"
+        );
+        let strength = |c: &Calibration| {
+            let (a, b) = c.prior(Some(5.0));
+            a + b
+        };
+        assert!(
+            strength(&good) > 10.0 * strength(&bad),
+            "{} vs {}",
+            strength(&good),
+            strength(&bad)
+        );
+        // Feedback still overrules it.
+        let (a, b) = bad.posterior(&evidence(9.0, 900, 1000.0));
+        assert!(a / (a + b) > 0.8);
     }
 
     #[test]

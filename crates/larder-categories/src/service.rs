@@ -19,7 +19,7 @@ use crate::model::{
     ItemAnswer, ItemsAnswer, ItemsRequest, Pending, Refreshed, RegisterRequest, Registered,
 };
 use crate::now_ms;
-use crate::ranking::{position_weight, served_score, Ranking};
+use crate::ranking::{position_weight, served_score, Evidence, Ranking};
 use crate::views::Views;
 
 /// The longest a request may wait for a pending category's first items.
@@ -198,9 +198,20 @@ impl Categories {
         let eval_mean = (!evaluations.is_empty())
             .then(|| evaluations.iter().map(|e| e.score).sum::<f64>() / evaluations.len() as f64);
         let item = detail.item;
-        let (alpha, beta) =
-            self.ranking
-                .posterior(eval_mean, item.selections, item.weighted_impressions);
+        // The prior is fitted to the category's active items, as the rank stage fits it.
+        let active: Vec<Evidence> = self
+            .db
+            .rank_inputs(category)
+            .await?
+            .into_iter()
+            .filter(|i| i.status == ItemStatus::Active)
+            .map(|i| Evidence::from(&i))
+            .collect();
+        let (alpha, beta) = self.ranking.calibrate(&active).posterior(&Evidence {
+            eval_mean,
+            selections: item.selections,
+            weighted_impressions: item.weighted_impressions,
+        });
         Ok(ItemAnswer {
             status: match item.status {
                 ItemStatus::Rejected => "rejected",

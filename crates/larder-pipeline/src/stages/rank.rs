@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use larder_db::{ItemStatus, RankInput};
 use serde::{Deserialize, Serialize};
 
-use larder_categories::{View, ViewItem};
+use larder_categories::{Evidence, View, ViewItem};
 
 use crate::job::{Job, RankJob, StageKind};
 use crate::names;
@@ -45,6 +45,9 @@ pub struct RankConfig {
     /// assembly point hands it to the rank stage and the API alike, as
     /// [`larder_categories::Ranking`].
     pub prior_strength: f64,
+    /// Fit the prior to the category's feedback: how scores map to selection rates and how
+    /// much to trust them ([`larder_categories::Calibration`]). `false`: the fixed prior.
+    pub adaptive_prior: bool,
     /// Active items kept per category; fewer queues generation.
     pub pool_target: usize,
     /// Items in the serving view.
@@ -61,6 +64,7 @@ impl Default for RankConfig {
     fn default() -> Self {
         RankConfig {
             prior_strength: 10.0,
+            adaptive_prior: true,
             pool_target: 30,
             view_size: 100,
             refill_cooldown_ms: 60_000,
@@ -76,6 +80,7 @@ impl RankConfig {
     pub fn ranking(&self) -> larder_categories::Ranking {
         larder_categories::Ranking {
             prior_strength: self.prior_strength,
+            adaptive_prior: self.adaptive_prior,
         }
     }
 
@@ -119,15 +124,14 @@ impl RankStage {
     ) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
         let mut candidates = Vec::new();
         let mut retire = Vec::new();
-        for input in inputs
+        let active: Vec<RankInput> = inputs
             .into_iter()
             .filter(|i| i.status == ItemStatus::Active)
-        {
-            let (alpha, beta) = self.ranking.posterior(
-                input.eval_mean,
-                input.selections,
-                input.weighted_impressions,
-            );
+            .collect();
+        let evidence: Vec<Evidence> = active.iter().map(Evidence::from).collect();
+        let calibration = self.ranking.calibrate(&evidence);
+        for (input, evidence) in active.into_iter().zip(&evidence) {
+            let (alpha, beta) = calibration.posterior(evidence);
             let item = ViewItem {
                 id: input.id,
                 text: input.text,

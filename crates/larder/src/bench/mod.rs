@@ -6,6 +6,7 @@ mod items;
 mod load;
 mod lookup;
 mod pipeline;
+mod ranking;
 mod upsert;
 
 use clap::Subcommand;
@@ -32,6 +33,8 @@ pub enum BenchError {
     Hyper(#[from] hyper::Error),
     #[error("HTTP request: {0}")]
     Request(#[from] hyper::http::Error),
+    #[error(transparent)]
+    Sim(#[from] larder_sim::SimError),
     #[error("progress bar: {0}")]
     Progress(#[from] indicatif::style::TemplateError),
 }
@@ -60,6 +63,8 @@ pub enum BenchCommand {
     Failover(failover::FailoverArgs),
     /// What the dual write to the backup costs a batch upsert.
     Upsert(upsert::UpsertArgs),
+    /// Ranking quality: simulated users, regret against other policies (no server needed).
+    Ranking(ranking::RankingArgs),
 }
 
 pub async fn run(command: BenchCommand) -> i32 {
@@ -69,6 +74,7 @@ pub async fn run(command: BenchCommand) -> i32 {
         BenchCommand::Pipeline(args) => pipeline::run(args).await,
         BenchCommand::Upsert(args) => upsert::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
+        BenchCommand::Ranking(args) => ranking::run(args).await,
     };
     match out {
         Ok(()) => 0,
