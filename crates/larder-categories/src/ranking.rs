@@ -87,6 +87,17 @@ impl Ranking {
     pub fn calibrate(&self, items: &[Evidence]) -> Calibration {
         Calibration::fit(self, items)
     }
+
+    /// [`Self::calibrate`] on the active ones of a category's DB rows: what the rank stage
+    /// and item detail both fit.
+    pub fn calibrate_active(&self, inputs: &[larder_db::RankInput]) -> Calibration {
+        let active: Vec<Evidence> = inputs
+            .iter()
+            .filter(|i| i.status == larder_db::ItemStatus::Active)
+            .map(Evidence::from)
+            .collect();
+        self.calibrate(&active)
+    }
 }
 
 /// An empirical-Bayes prior: how the evaluators' scores map to selection rates in *this*

@@ -199,15 +199,8 @@ impl Categories {
             .then(|| evaluations.iter().map(|e| e.score).sum::<f64>() / evaluations.len() as f64);
         let item = detail.item;
         // The prior is fitted to the category's active items, as the rank stage fits it.
-        let active: Vec<Evidence> = self
-            .db
-            .rank_inputs(category)
-            .await?
-            .into_iter()
-            .filter(|i| i.status == ItemStatus::Active)
-            .map(|i| Evidence::from(&i))
-            .collect();
-        let (alpha, beta) = self.ranking.calibrate(&active).posterior(&Evidence {
+        let inputs = self.db.rank_inputs(category).await?;
+        let (alpha, beta) = self.ranking.calibrate_active(&inputs).posterior(&Evidence {
             eval_mean,
             selections: item.selections,
             weighted_impressions: item.weighted_impressions,

@@ -53,38 +53,32 @@ impl Policy {
         ]
     }
 
+    /// What the table calls it.
     pub fn name(&self) -> &'static str {
-        match self {
-            Policy::Larder { explore: true, .. } => "larder explore=true (default)",
-            Policy::Larder { explore: false, .. } => "larder explore=false",
-            Policy::Reference => "reference formula",
-            Policy::EvaluatorOnly => "evaluator score only",
-            Policy::Random => "uniform random",
-            Policy::Oracle => "oracle",
-        }
-    }
-
-    /// A stable number for seeding.
-    pub(crate) fn id(&self) -> u64 {
-        match self {
-            Policy::Larder { explore: true, .. } => 0,
-            Policy::Larder { explore: false, .. } => 1,
-            Policy::Reference => 2,
-            Policy::EvaluatorOnly => 3,
-            Policy::Random => 4,
-            Policy::Oracle => 5,
-        }
+        self.names().1
     }
 
     /// The short name used in JSON and on the plot.
     pub fn key(&self) -> &'static str {
+        self.names().2
+    }
+
+    /// A stable number for seeding.
+    pub(crate) fn id(&self) -> u64 {
+        self.names().0
+    }
+
+    /// Seed number, table name and key, in one place.
+    fn names(&self) -> (u64, &'static str, &'static str) {
         match self {
-            Policy::Larder { explore: true, .. } => "larder_explore",
-            Policy::Larder { explore: false, .. } => "larder_exploit",
-            Policy::Reference => "reference",
-            Policy::EvaluatorOnly => "evaluator_only",
-            Policy::Random => "random",
-            Policy::Oracle => "oracle",
+            Policy::Larder { explore: true, .. } => {
+                (0, "larder explore=true (default)", "larder_explore")
+            }
+            Policy::Larder { explore: false, .. } => (1, "larder explore=false", "larder_exploit"),
+            Policy::Reference => (2, "reference formula", "reference"),
+            Policy::EvaluatorOnly => (3, "evaluator score only", "evaluator_only"),
+            Policy::Random => (4, "uniform random", "random"),
+            Policy::Oracle => (5, "oracle", "oracle"),
         }
     }
 }

@@ -124,14 +124,12 @@ impl RankStage {
     ) -> (Vec<ViewItem>, Vec<(String, &'static str)>) {
         let mut candidates = Vec::new();
         let mut retire = Vec::new();
-        let active: Vec<RankInput> = inputs
+        let calibration = self.ranking.calibrate_active(&inputs);
+        for input in inputs
             .into_iter()
             .filter(|i| i.status == ItemStatus::Active)
-            .collect();
-        let evidence: Vec<Evidence> = active.iter().map(Evidence::from).collect();
-        let calibration = self.ranking.calibrate(&evidence);
-        for (input, evidence) in active.into_iter().zip(&evidence) {
-            let (alpha, beta) = calibration.posterior(evidence);
+        {
+            let (alpha, beta) = calibration.posterior(&Evidence::from(&input));
             let item = ViewItem {
                 id: input.id,
                 text: input.text,
