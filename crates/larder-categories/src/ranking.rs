@@ -5,24 +5,31 @@
 //! Each item's click-through belief is a Beta posterior:
 //! - the **prior** comes from the evaluators: with mean score `m` on 0..=10 and pseudo-count
 //!   `k`, `alpha0 = 1 + k·m/10` and `beta0 = 1 + k·(1 − m/10)`, so a strong evaluation is worth
-//!   `k` observed impressions;
+//!   `k` observed impressions; once the category has feedback, [`Calibration`] rescales that
+//!   prior to the category's selection rates and learns how far to trust it;
 //! - **feedback** updates it: `alpha = alpha0 + selections` and
 //!   `beta = beta0 + max(0, weighted_impressions − selections)`, where an impression at
-//!   position `p` counts `1/log2(p + 2)` (users look at the top more often, so not picking an
-//!   item shown at the bottom is weaker evidence against it; the DCG discount).
+//!   position `p` counts `1/(p + 1)`, how likely a user is to look there
+//!   ([`position_weight`]).
 //!
 //! The view holds the active items ordered by posterior mean. `explore=false` serves that
 //! order; `explore=true` draws once from every item's posterior and serves the items with the
 //! best draws (Thompson sampling), so new items with wide posteriors get shown, listed by
 //! posterior mean, so exploring happens low in the list where a miss costs least.
+//! `docs/RANKING.md` has the measurements behind these choices.
 
 use rand::Rng;
 use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
-/// Weight of an impression at zero-based `position` (the DCG discount).
+/// Weight of an impression at zero-based `position`: the chance that a user looks at that
+/// position, `1/(position + 1)`, the position-based click model's examination curve as
+/// published fits of it find (examination ∝ 1/rank; Joachims et al., WSDM 2017). An item
+/// seldom picked at position 9 was seldom *seen* there, which this counts; the DCG discount
+/// used before (`1/log2(position + 2)`) counted a bottom impression at 3× its examination and
+/// pushed items shown low out of the list (measured with `larder bench ranking`).
 pub fn position_weight(position: u32) -> f64 {
-    1.0 / (f64::from(position) + 2.0).log2()
+    1.0 / (f64::from(position) + 1.0)
 }
 
 /// Prior pseudo-counts from the mean evaluator score (0..=10); `None` (not evaluated) is
@@ -56,7 +63,7 @@ pub struct Ranking {
 impl Default for Ranking {
     fn default() -> Self {
         Ranking {
-            prior_strength: 10.0,
+            prior_strength: 1000.0,
             adaptive_prior: true,
         }
     }
@@ -106,15 +113,23 @@ impl Ranking {
 /// The fixed prior says a score of 8 means 8 selections in 10 impressions. Real selection
 /// rates are lower and the evaluators are more or less right, so with it every item not
 /// yet shown looks better than every item shown, and the prior is worth the same whether the
-/// evaluators predict selections well or not at all. The calibration fixes both:
-/// - **Mean.** A weighted least-squares line from score to selection rate, over every
-///   item's current posterior mean under the fixed prior (weight: its pseudo-count plus its
-///   weighted impressions). Without feedback the line is the fixed prior's own, exactly.
-/// - **Strength.** The spread of the true rates around that line, by the method of moments
-///   (observed squared residuals minus their binomial part), blended with the fixed prior's
-///   spread by how much evidence each has. Evaluators that predict selections well leave
-///   little spread: a strong prior, little exploring. Useless ones leave the items' own
-///   spread: a weak prior, so feedback decides quickly.
+/// evaluators predict selections well or not at all. The calibration fixes both, fitting only
+/// the items that have been shown (an unshown item says nothing of how scores map to
+/// selections; counting it at its prior mean biased the line toward the prior):
+/// - **Level.** The shown items' selections against what the fixed line expects of them,
+///   pooled over the category ([`LEVEL_PRIOR`] impressions of prior), scale the whole line:
+///   a dozen impressions set how often this category's users select anything, and the
+///   evaluators' ordering is kept as it is.
+/// - **Slope.** A weighted regression of the shown items' selection rates on their scores
+///   tilts the scaled line, ridged toward it ([`SLOPE_PRIOR`]), so it follows the data once
+///   the data spans scores.
+/// - **Strength.** The pseudo-count that best explains every shown item's feedback around
+///   that line: the maximum of the Beta-binomial marginal likelihood, under a log-normal
+///   hyperprior centred on `prior_strength` ([`STRENGTH_SIGMA`]). Evaluators that predict
+///   selections well keep a strong prior and little exploring; useless ones are brought down
+///   to the items' own spread, so feedback decides quickly.
+///
+/// Without feedback the calibrated prior is the fixed one, exactly.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Calibration {
     /// Selection rate at score `x`: `intercept + slope·x`.
@@ -126,10 +141,25 @@ pub struct Calibration {
     fixed: Option<f64>,
 }
 
-/// Prior means stay inside this range, so both Beta parameters stay positive.
-const MEAN_RANGE: (f64, f64) = (0.002, 0.998);
-/// Prior strength bounds: at least one impression's worth, at most a thousand.
-const STRENGTH_RANGE: (f64, f64) = (1.0, 1000.0);
+/// Prior means stay inside this range, so both Beta parameters stay positive (the fixed
+/// prior's own means, `1/(k + 2)` to `(k + 1)/(k + 2)`, are inside it up to k = 9,998).
+const MEAN_RANGE: (f64, f64) = (1e-4, 1.0 - 1e-4);
+/// Prior strength bounds: at least one impression's worth, at most a hundred thousand.
+const STRENGTH_RANGE: (f64, f64) = (1.0, 100_000.0);
+/// Steps of the strength search, evenly spaced in log strength (each ×1.15 over the range).
+const STRENGTH_GRID: usize = 80;
+/// How sure the calibration is of the configured strength before feedback: the standard
+/// deviation of its log-normal hyperprior. 0.3 lets a category's feedback move the strength
+/// by a factor of e only with ~5 nats of evidence, so a few noisy early impressions cannot
+/// throw a good evaluator's ordering away, while a thousand impressions of a useless
+/// evaluator bring it down to the items' own spread.
+const STRENGTH_SIGMA: f64 = 0.3;
+/// Impressions the prior's level (its mean selection rate) is worth against the category's
+/// own pooled rate: a dozen impressions of feedback move it halfway.
+const LEVEL_PRIOR: f64 = 12.0;
+/// Weighted impressions, spread like the items' scores, that the prior's slope (how much a
+/// point of score adds) is worth against the slope the feedback shows.
+const SLOPE_PRIOR: f64 = 600.0;
 
 impl Calibration {
     fn fit(ranking: &Ranking, items: &[Evidence]) -> Calibration {
@@ -145,70 +175,90 @@ impl Calibration {
         // The fixed prior is Beta(1 + k·x/10, 1 + k·(1 − x/10)): mean (1 + k·x/10)/(2 + k)
         // (a line in x), pseudo-count k + 2.
         let pseudo = k + 2.0;
-        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let fixed_mean = |x: f64| (1.0 + k * x / 10.0) / pseudo;
+        let count = items.len().max(1) as f64;
+        // Level: the shown items' selections against what the fixed line expects of them.
+        let (mut selections, mut expected, mut total, mut sx) = (0.0, 0.0, 0.0, 0.0);
+        let (mut all_x, mut all_xx) = (0.0, 0.0);
         for item in items {
             let x = score(item.eval_mean);
             let n = item.weighted_impressions.max(0.0);
-            let prior_mean = (1.0 + k * x / 10.0) / pseudo;
-            let w = pseudo + n;
-            let y = ((pseudo * prior_mean + item.selections as f64) / w).clamp(0.0, 1.0);
-            sw += w;
-            sx += w * x;
-            sy += w * y;
-            sxx += w * x * x;
-            sxy += w * x * y;
+            selections += (item.selections as f64).min(n);
+            expected += n * fixed_mean(x);
+            total += n;
+            sx += n * x;
+            all_x += x;
+            all_xx += x * x;
         }
-        let (intercept, slope) = if sw > 0.0 {
-            let (mx, my) = (sx / sw, sy / sw);
-            let vx = sxx / sw - mx * mx;
-            // All scores equal: a flat line through the mean rate.
-            let slope = if vx > 1e-9 {
-                (sxy / sw - mx * my) / vx
-            } else {
-                0.0
-            };
-            (my - slope * mx, slope)
-        } else {
-            (1.0 / pseudo, k / 10.0 / pseudo)
-        };
+        let level_weight = LEVEL_PRIOR;
+        let average_mean = fixed_mean(all_x / count);
+        let scale =
+            (selections + level_weight * average_mean) / (expected + level_weight * average_mean);
+        // Slope: the shown items' residuals against score, ridged toward the scaled fixed
+        // slope; the ridge is worth `slope_weight` impressions spread like the items' scores.
+        let score_variance = (all_xx / count - (all_x / count).powi(2)).max(0.0);
+        let slope_weight = SLOPE_PRIOR * score_variance.max(1e-6);
+        let (mut rxy, mut rxx) = (0.0, 0.0);
+        if total > 0.0 {
+            let mx = sx / total;
+            for item in items {
+                let n = item.weighted_impressions.max(0.0);
+                if n > 0.0 {
+                    let x = score(item.eval_mean);
+                    let rate = (item.selections as f64 / n).min(1.0);
+                    rxy += n * (x - mx) * (rate - scale * fixed_mean(x));
+                    rxx += n * (x - mx) * (x - mx);
+                }
+            }
+        }
+        let tilt = rxy / (rxx + slope_weight);
+        let pivot = if total > 0.0 { sx / total } else { 0.0 };
+        let slope = scale * k / 10.0 / pseudo + tilt;
+        let intercept = scale / pseudo - tilt * pivot;
         let line = Calibration {
             intercept,
             slope,
             strength: pseudo,
             fixed: None,
         };
-        // Spread of true rates around the line: the fixed prior's (a Beta of pseudo-count
-        // `pseudo` has variance mean·(1 − mean)/(pseudo + 1)), and the data's.
-        let (mut variance, mut residual, mut binomial, mut total) = (0.0, 0.0, 0.0, 0.0);
-        for item in items {
-            let mean = line.mean(item.eval_mean);
-            variance += mean * (1.0 - mean);
-            let n = item.weighted_impressions;
-            if n > 0.0 {
-                let rate = (item.selections as f64 / n).min(1.0);
-                residual += n * (rate - mean) * (rate - mean);
-                binomial += mean * (1.0 - mean);
-                total += n;
+        let strength = line.strength_by_evidence(items, pseudo, STRENGTH_SIGMA);
+        Calibration { strength, ..line }
+    }
+
+    /// The prior strength that best explains the items' feedback: the maximum, over a grid
+    /// of strengths, of the Beta-binomial marginal likelihood of every item's selections
+    /// around this line, times a log-normal hyperprior centred on `centre` with `sigma`.
+    /// Items with few impressions barely move it; without feedback it is `centre`.
+    fn strength_by_evidence(&self, items: &[Evidence], centre: f64, sigma: f64) -> f64 {
+        let observed: Vec<(f64, f64, f64)> = items
+            .iter()
+            .filter(|item| item.weighted_impressions > 0.0)
+            .map(|item| {
+                let n = item.weighted_impressions;
+                let selected = (item.selections as f64).min(n);
+                (self.mean(item.eval_mean), selected, n - selected)
+            })
+            .collect();
+        let centre = centre.clamp(STRENGTH_RANGE.0, STRENGTH_RANGE.1);
+        if observed.is_empty() {
+            return centre;
+        }
+        let ln_beta = |a: f64, b: f64| libm::lgamma(a) + libm::lgamma(b) - libm::lgamma(a + b);
+        let (low, high) = (STRENGTH_RANGE.0.ln(), STRENGTH_RANGE.1.ln());
+        let mut best = (f64::NEG_INFINITY, centre);
+        for step in 0..=STRENGTH_GRID {
+            let ln_s = low + (high - low) * step as f64 / STRENGTH_GRID as f64;
+            let s = ln_s.exp();
+            let mut score = -0.5 * ((ln_s - centre.ln()) / sigma).powi(2);
+            for &(mean, selected, missed) in &observed {
+                let (a, b) = (s * mean, s * (1.0 - mean));
+                score += ln_beta(a + selected, b + missed) - ln_beta(a, b);
+            }
+            if score > best.0 {
+                best = (score, s);
             }
         }
-        let count = items.len().max(1) as f64;
-        let variance = variance / count;
-        let prior_spread = variance / (pseudo + 1.0);
-        let prior_weight = pseudo * count;
-        let data_spread = if total > 0.0 {
-            ((residual - binomial) / total).max(1e-6)
-        } else {
-            prior_spread
-        };
-        let spread = (prior_weight * prior_spread + total * data_spread) / (prior_weight + total);
-        // One strength for the category: the pseudo-count whose Beta has that spread at the
-        // items' mean variance (without feedback: `pseudo`, the fixed prior's).
-        let strength = if spread > 0.0 && variance > 0.0 {
-            (variance / spread - 1.0).clamp(STRENGTH_RANGE.0, STRENGTH_RANGE.1)
-        } else {
-            pseudo
-        };
-        Calibration { strength, ..line }
+        best.1
     }
 
     fn mean(&self, eval_mean: Option<f64>) -> f64 {
@@ -392,7 +442,10 @@ mod tests {
             assert!((a / (a + b) - fa / (fa + fb)).abs() < 1e-9, "same mean");
             assert!(((a + b) - (fa + fb)).abs() < 1e-9, "same strength");
         }
-        assert_eq!(fixed.prior(Some(9.0)), prior(Some(9.0), 10.0));
+        assert_eq!(
+            fixed.prior(Some(9.0)),
+            prior(Some(9.0), ranking.prior_strength)
+        );
     }
 
     #[test]

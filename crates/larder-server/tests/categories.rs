@@ -360,24 +360,55 @@ async fn items_wait_for_generation_and_respect_limit_and_order() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["items"].as_array().expect("items")[..], full[..3]);
 
-    // explore=true (the default): `limit` valid, distinct items of the pool, in some order
-    // that varies between calls, so items beyond the top 3 get shown.
-    let mut shown = HashSet::new();
-    for query in ["limit=3", "limit=3&explore=true"].iter().cycle().take(50) {
-        let (status, body) = s.get(&items(KOREAN, query)).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(body["status"], "ready");
-        let got = body["items"].as_array().expect("items");
-        assert_eq!(got.len(), 3, "{body}");
-        got.iter().for_each(assert_item);
-        let got_ids = ids(got);
-        assert_eq!(got_ids.iter().collect::<HashSet<_>>().len(), 3, "distinct");
-        for id in got_ids {
-            assert!(full_ids.contains(&id), "{id} is not in the pool");
-            shown.insert(id);
+    // explore=true (the default): `limit` valid, distinct items of the pool. Before any
+    // feedback the evaluators' prior (worth 1,000 impressions by default) keeps their top 3.
+    let sample = || async {
+        let mut shown = HashSet::new();
+        for query in ["limit=3", "limit=3&explore=true"].iter().cycle().take(50) {
+            let (status, body) = s.get(&items(KOREAN, query)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body["status"], "ready");
+            let got = body["items"].as_array().expect("items");
+            assert_eq!(got.len(), 3, "{body}");
+            got.iter().for_each(assert_item);
+            let got_ids = ids(got);
+            assert_eq!(got_ids.iter().collect::<HashSet<_>>().len(), 3, "distinct");
+            for id in got_ids {
+                assert!(full_ids.contains(&id), "{id} is not in the pool");
+                shown.insert(id);
+            }
         }
+        shown
+    };
+    let before = sample().await;
+    assert_eq!(
+        before,
+        full_ids[..3].iter().cloned().collect::<HashSet<_>>(),
+        "no feedback yet: the evaluators' top 3"
+    );
+    // 100 users see the top 3 and pick none of them: Thompson sampling now shows others.
+    let events: Vec<Value> = (0..100)
+        .flat_map(|_| {
+            full[..3]
+                .iter()
+                .enumerate()
+                .map(|(p, i)| json!({"item_id": i["id"], "event": "impression", "position": p}))
+        })
+        .collect();
+    let (status, body) = s.post(&feedback(KOREAN), json!({ "events": events })).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = sample().await;
+        if shown.len() > 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Thompson sampling explores: {shown:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(shown.len() > 3, "Thompson sampling explores: {shown:?}");
     let (status, body) = s.get(&items(KOREAN, "limit=100")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
@@ -628,24 +659,35 @@ async fn a_burst_of_selections_moves_the_last_item_to_the_top() {
         .expect("id")
         .to_owned();
     assert_ne!(full[0]["id"], last.as_str(), "a pool of more than one item");
-    let position = (full.len() - 1) as u32;
-    // 200 selections outweigh any evaluator prior (worth 10 impressions by default).
-    for _ in 0..10 {
-        let events: Vec<Value> = (0..20)
-            .map(|_| json!({"item_id": last, "event": "select", "position": position}))
-            .collect();
+    let position = full.len() - 1;
+    // 200 users are shown the list and every one of them selects its last item: that
+    // outweighs the evaluators' prior, however strong (1,000 impressions by default).
+    let round: Vec<Value> = full
+        .iter()
+        .enumerate()
+        .map(|(p, i)| json!({"item_id": i["id"], "event": "impression", "position": p}))
+        .chain([json!({"item_id": last, "event": "select", "position": position})])
+        .collect();
+    let rounds_per_request = 1000 / round.len();
+    let mut sent = 0;
+    while sent < 200 {
+        let n = rounds_per_request.min(200 - sent);
+        let events: Vec<Value> = (0..n).flat_map(|_| round.iter().cloned()).collect();
         let (status, body) = s.post(&feedback(KOREAN), json!({ "events": events })).await;
         assert_eq!(
             (status, body),
-            (StatusCode::ACCEPTED, json!({"accepted": 20}))
+            (StatusCode::ACCEPTED, json!({"accepted": events.len()}))
         );
+        sent += n;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let order = ranked(&s, KOREAN).await;
         if order[0]["id"] == last.as_str() {
+            // Scores are posterior means, rescaled to this category's selection rates by
+            // the feedback, so the new top is compared with the others as they are now.
             assert!(
-                order[0]["score"].as_f64() > full[0]["score"].as_f64(),
+                order[0]["score"].as_f64() > order[1]["score"].as_f64(),
                 "{order:?}"
             );
             break;

@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+pub use larder_categories::Ranking;
 pub use policy::Policy;
 pub use report::Report;
 pub use world::{ClickModel, World};
@@ -74,7 +75,7 @@ impl Default for Config {
             rhos: vec![0.0, 0.3, 0.6, 0.9],
             horizon: 100_000,
             batch: 10,
-            pools: 4,
+            pools: 8,
             click_model: ClickModel::Pbm { eta: 1.0 },
             seed: 20_261_203,
             policies: Policy::all(),

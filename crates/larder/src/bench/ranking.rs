@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use larder_sim::{ClickModel, Config};
+use larder_sim::{ClickModel, Config, Policy, Ranking};
 
 use super::BenchError;
 
@@ -38,7 +38,7 @@ pub struct RankingArgs {
     #[arg(long, default_value_t = 10)]
     batch: usize,
     /// Independent pools per rho (the table averages them).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = Config::default().pools)]
     pools: usize,
     #[arg(long, value_enum, default_value = "pbm")]
     clicks: Clicks,
@@ -53,9 +53,31 @@ pub struct RankingArgs {
     /// Also write every curve as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Larder's prior strength before feedback (`pipeline.rank.prior_strength`).
+    #[arg(long, default_value_t = Ranking::default().prior_strength)]
+    prior_strength: f64,
+    /// Larder's prior is not calibrated on feedback (`pipeline.rank.adaptive_prior = false`).
+    #[arg(long)]
+    fixed_prior: bool,
 }
 
 pub async fn run(args: RankingArgs) -> Result<(), BenchError> {
+    if !(args.prior_strength.is_finite() && args.prior_strength >= 0.0) {
+        return Err(BenchError::Failed(
+            "--prior-strength must be a number >= 0".into(),
+        ));
+    }
+    let ranking = Ranking {
+        prior_strength: args.prior_strength,
+        adaptive_prior: !args.fixed_prior,
+    };
+    let policies = Policy::all()
+        .into_iter()
+        .map(|policy| match policy {
+            Policy::Larder { explore, .. } => Policy::Larder { explore, ranking },
+            other => other,
+        })
+        .collect();
     let config = Config {
         items: args.items,
         k: args.k,
@@ -68,6 +90,7 @@ pub async fn run(args: RankingArgs) -> Result<(), BenchError> {
             Clicks::Cascade => ClickModel::Cascade,
         },
         seed: args.seed,
+        policies,
         ..Config::default()
     };
     let total = config.rhos.len() as u64
