@@ -91,7 +91,6 @@ pub async fn run(args: RankingArgs) -> Result<(), BenchError> {
         },
         seed: args.seed,
         policies,
-        ..Config::default()
     };
     let total = config.rhos.len() as u64
         * config.pools as u64
