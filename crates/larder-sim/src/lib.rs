@@ -188,8 +188,11 @@ pub async fn run(
     let mut runs = Vec::new();
     for (r, rho) in config.rhos.iter().enumerate() {
         for (p, policy) in config.policies.iter().enumerate() {
-            let mine: Vec<&(usize, usize, usize, f64, Vec<Point>)> =
+            let mut mine: Vec<&(usize, usize, usize, f64, Vec<Point>)> =
                 results.iter().filter(|x| x.0 == r && x.1 == p).collect();
+            // Tasks finish in any order; summing the pools in pool order keeps the averages
+            // bit-for-bit repeatable (floating-point sums depend on their order).
+            mine.sort_by_key(|x| x.2);
             let n = mine.len() as f64;
             let spearman = mine.iter().map(|x| x.3).sum::<f64>() / n;
             let points = (0..points.len())
