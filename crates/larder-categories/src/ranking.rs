@@ -190,29 +190,28 @@ impl Calibration {
             all_x += x;
             all_xx += x * x;
         }
-        let level_weight = LEVEL_PRIOR;
         let average_mean = fixed_mean(all_x / count);
         let scale =
-            (selections + level_weight * average_mean) / (expected + level_weight * average_mean);
+            (selections + LEVEL_PRIOR * average_mean) / (expected + LEVEL_PRIOR * average_mean);
         // Slope: the shown items' residuals against score, ridged toward the scaled fixed
         // slope; the ridge is worth `slope_weight` impressions spread like the items' scores.
         let score_variance = (all_xx / count - (all_x / count).powi(2)).max(0.0);
         let slope_weight = SLOPE_PRIOR * score_variance.max(1e-6);
+        // The regression pivots on the shown items' mean score.
+        let pivot = if total > 0.0 { sx / total } else { 0.0 };
         let (mut rxy, mut rxx) = (0.0, 0.0);
         if total > 0.0 {
-            let mx = sx / total;
             for item in items {
                 let n = item.weighted_impressions.max(0.0);
                 if n > 0.0 {
                     let x = score(item.eval_mean);
                     let rate = (item.selections as f64 / n).min(1.0);
-                    rxy += n * (x - mx) * (rate - scale * fixed_mean(x));
-                    rxx += n * (x - mx) * (x - mx);
+                    rxy += n * (x - pivot) * (rate - scale * fixed_mean(x));
+                    rxx += n * (x - pivot) * (x - pivot);
                 }
             }
         }
         let tilt = rxy / (rxx + slope_weight);
-        let pivot = if total > 0.0 { sx / total } else { 0.0 };
         let slope = scale * k / 10.0 / pseudo + tilt;
         let intercept = scale / pseudo - tilt * pivot;
         let line = Calibration {
