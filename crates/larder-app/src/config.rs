@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+pub use larder_categories::AdmissionConfig;
 pub use larder_pipeline::PipelineConfig;
 pub use larder_url::{DbUrl, StoreUrl};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The in-process near cache of vectors in front of Redis; off when absent.
     pub near_cache: Option<NearCache>,
+    /// Who may create categories, and how many (`max`, `auto_register`, `new_per_minute`).
+    pub categories: AdmissionConfig,
 }
 
 /// `near_cache = { max_bytes = N, ttl_ms = N }`.
@@ -89,6 +92,13 @@ pub struct Auth {
     pub write_tokens: Vec<String>,
     /// Tokens that may only read (GET and batch lookup).
     pub read_tokens: Vec<String>,
+}
+
+impl Auth {
+    /// Whether requests must carry a token.
+    pub fn is_on(&self) -> bool {
+        !(self.write_tokens.is_empty() && self.read_tokens.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +168,7 @@ impl Default for Config {
             db: None,
             pipeline: Default::default(),
             near_cache: None,
+            categories: AdmissionConfig::default(),
         }
     }
 }
@@ -261,7 +272,19 @@ impl Config {
         if l.max_body_bytes == 0 || l.max_lookup_keys == 0 || l.max_upsert_entities == 0 {
             return Err(ConfigError("limits: every limit must be at least 1".into()));
         }
-        let no_tokens = self.auth.write_tokens.is_empty() && self.auth.read_tokens.is_empty();
+        if self.categories.max == 0 {
+            return Err(ConfigError("categories.max: must be at least 1".into()));
+        }
+        let tokens = self.auth.write_tokens.iter().chain(&self.auth.read_tokens);
+        if tokens
+            .into_iter()
+            .any(|t| t.trim().is_empty() || t.trim() != t)
+        {
+            return Err(ConfigError(
+                "auth: a token must not be empty or start or end with whitespace".into(),
+            ));
+        }
+        let no_tokens = !self.auth.is_on();
         if no_tokens && !self.listen.ip().is_loopback() && !self.allow_unauthenticated {
             return Err(ConfigError(format!(
                 "--listen: {} is not a loopback address and no auth tokens are configured; set auth.write_tokens or allow_unauthenticated = true",

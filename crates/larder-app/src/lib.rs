@@ -17,7 +17,7 @@ pub mod open;
 use std::sync::Arc;
 
 use larder_broker::Broker;
-use larder_categories::{Categories, Generations};
+use larder_categories::{Admission, Categories, Generations};
 use larder_db::Db;
 use larder_pipeline::runner::PipelineHost;
 use larder_pipeline::{Deps, Stage, StageError, StageKind};
@@ -71,6 +71,7 @@ impl App {
             store.clone(),
             generations(&db, &broker, &config),
             config.pipeline.rank.ranking(),
+            Admission::new(&config.categories, config.auth.is_on()),
         );
         Ok(App {
             config,

@@ -11,6 +11,12 @@ pub enum CategoriesError {
     TooLarge(String),
     #[error("{0}")]
     NotFound(String),
+    /// A client made too many new categories; it may try again after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error(transparent)]
     Db(#[from] larder_db::DbError),
     #[error(transparent)]

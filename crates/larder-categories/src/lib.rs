@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`ranking`]: the serving [`ranking::View`] and all ranking math (Beta posteriors with an
 //!   evaluator prior, position-weighted impressions, Thompson sampling).
+//! - [`admission`]: who may create a category and how many (the spend guard).
 //! - [`generations`]: generation claims: claim, queue, and give back on every path.
 //! - [`service`]: the [`Categories`] service (register, list, items, item detail, feedback,
 //!   refresh, seeding) and the feedback-to-re-rank coalescing.
@@ -15,6 +16,7 @@
 //! - [`model`]: request and answer types, as the API's JSON bodies.
 //! - [`error`]: [`CategoriesError`], what every operation can fail with.
 
+pub mod admission;
 pub mod error;
 pub mod generations;
 pub mod model;
@@ -22,6 +24,7 @@ pub mod ranking;
 pub mod service;
 mod views;
 
+pub use admission::{Admission, AdmissionConfig};
 pub use error::CategoriesError;
 pub use generations::{Generations, Jobs};
 pub use ranking::{Calibration, Evidence, Ranking, View, ViewItem};

@@ -83,6 +83,8 @@ pub struct ItemAnswer {
     pub status: &'static str,
     pub reason: Option<String>,
     pub score: f64,
+    /// The central 95% interval of the score (its posterior), `[low, high]`.
+    pub interval: [f64; 2],
     pub generator: Generator,
     pub created_at: String,
     pub evaluations: Vec<Evaluated>,

@@ -293,6 +293,22 @@ pub fn served_score(mean: f64) -> f64 {
     (mean * 10_000.0).round() / 10_000.0
 }
 
+/// The central 95% interval of a Beta(α, β) score, by the normal approximation (mean ± 1.96
+/// standard deviations, clipped to 0..1), rounded like [`served_score`]: how sure the ranking
+/// is of an item, for people reading it.
+pub fn score_interval(alpha: f64, beta: f64) -> [f64; 2] {
+    let n = alpha + beta;
+    if !(alpha > 0.0 && beta > 0.0 && n.is_finite()) {
+        return [0.0, 1.0];
+    }
+    let mean = alpha / n;
+    let sd = (alpha * beta / (n * n * (n + 1.0))).sqrt();
+    [
+        served_score((mean - 1.96 * sd).max(0.0)),
+        served_score((mean + 1.96 * sd).min(1.0)),
+    ]
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewItem {
     pub id: String,
@@ -391,6 +407,21 @@ impl View {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn score_intervals_narrow_with_evidence_and_stay_in_range() {
+        let wide = super::score_interval(2.0, 2.0);
+        let narrow = super::score_interval(200.0, 200.0);
+        assert!(
+            wide[0] < narrow[0] && narrow[1] < wide[1],
+            "{wide:?} {narrow:?}"
+        );
+        assert!(narrow[0] < 0.5 && 0.5 < narrow[1]);
+        // Beta(200, 200): sd = 0.02498, so 0.5 ± 0.04896.
+        assert_eq!(narrow, [0.4511, 0.5489]);
+        assert_eq!(super::score_interval(0.5, 1000.0)[0], 0.0);
+        assert_eq!(super::score_interval(0.0, 1.0), [0.0, 1.0]);
+    }
+
     use super::*;
     use rand::SeedableRng;
 

@@ -12,6 +12,7 @@ use larder_db::{Db, FeedbackEvent, ItemStatus};
 use larder_store::Store;
 use tokio::sync::Notify;
 
+use crate::admission::{Admission, Via};
 use crate::error::{CategoriesError, Result};
 use crate::generations::Generations;
 use crate::model::{
@@ -19,7 +20,7 @@ use crate::model::{
     ItemAnswer, ItemsAnswer, ItemsRequest, Pending, Refreshed, RegisterRequest, Registered,
 };
 use crate::now_ms;
-use crate::ranking::{position_weight, served_score, Evidence, Ranking};
+use crate::ranking::{position_weight, score_interval, served_score, Evidence, Ranking};
 use crate::views::Views;
 
 /// The longest a request may wait for a pending category's first items.
@@ -49,6 +50,7 @@ pub struct Categories {
     db: Db,
     generations: Generations,
     ranking: Ranking,
+    admission: Admission,
     views: Arc<Views>,
     dirty: Mutex<HashSet<String>>,
     dirty_notify: Notify,
@@ -60,11 +62,13 @@ impl Categories {
         store: Arc<dyn Store>,
         generations: Generations,
         ranking: Ranking,
+        admission: Admission,
     ) -> Arc<Categories> {
         Arc::new(Categories {
             db,
             generations,
             ranking,
+            admission,
             views: Arc::new(Views::new(store)),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
@@ -72,8 +76,14 @@ impl Categories {
     }
 
     /// `PUT /v1/categories/{c}`: register (or update nothing of) a category and queue its
-    /// generation at once when new, else at most once per cooldown.
-    pub async fn register(&self, category: &str, request: RegisterRequest) -> Result<Registered> {
+    /// generation at once when new, else at most once per cooldown. A new category must pass
+    /// the [`Admission`] guards for `client` (a key naming the caller, never a secret).
+    pub async fn register(
+        &self,
+        category: &str,
+        request: RegisterRequest,
+        client: &str,
+    ) -> Result<Registered> {
         check_name(category)?;
         if let Some(locale) = &request.locale {
             let ok = !locale.is_empty()
@@ -95,6 +105,9 @@ impl Categories {
             return Err(CategoriesError::BadRequest(
                 "description is limited to 1000 characters".into(),
             ));
+        }
+        if self.db.category(category).await?.is_none() {
+            self.admit(client, Via::Write, category).await?;
         }
         let created = self
             .db
@@ -141,8 +154,14 @@ impl Categories {
 
     /// `GET /v1/categories/{c}/items`: the top items from the cached view, or pending. A
     /// category found without a view is registered if unknown and has generation queued (at
-    /// most once per cooldown, so pending requests cannot storm the providers).
-    pub async fn items(&self, category: &str, request: ItemsRequest) -> Result<ItemsAnswer> {
+    /// most once per cooldown, so pending requests cannot storm the providers), when the
+    /// [`Admission`] guards let `client` create it by reading.
+    pub async fn items(
+        &self,
+        category: &str,
+        request: ItemsRequest,
+        client: &str,
+    ) -> Result<ItemsAnswer> {
         check_name(category)?;
         let limit = request.limit.unwrap_or(10);
         if !(1..=MAX_LIMIT).contains(&limit) {
@@ -171,7 +190,14 @@ impl Categories {
                 return Ok(ItemsAnswer::Ready(body));
             }
             if lookup.loaded {
-                self.ensure_and_queue(category, "requested", None).await?;
+                self.ensure_and_queue(category, "requested", None, (client, Via::Read))
+                    .await?;
+            } else if !self.admission.reads_register()
+                && self.db.category(category).await?.is_none()
+            {
+                // The view cache remembers that there is no view, not whether the category
+                // exists: without registering reads, every read of an unknown name is a 404.
+                self.admission.admit(client, Via::Read, 0, category)?;
             }
             if Instant::now() >= deadline {
                 break;
@@ -211,6 +237,7 @@ impl Categories {
                 ItemStatus::Active | ItemStatus::Pending => "active",
             },
             score: served_score(alpha / (alpha + beta)),
+            interval: score_interval(alpha, beta),
             generator: Generator {
                 provider: item.provider,
                 model: item.model,
@@ -280,11 +307,16 @@ impl Categories {
     }
 
     /// `POST /v1/categories/{c}/refresh`: like a request for its items, a refresh of an
-    /// unknown category registers it.
-    pub async fn refresh(&self, category: &str) -> Result<Refreshed> {
+    /// unknown category registers it (as a write: the [`Admission`] cap and rate apply).
+    pub async fn refresh(&self, category: &str, client: &str) -> Result<Refreshed> {
         check_name(category)?;
         let queued = self
-            .ensure_and_queue(category, "refresh", Some(REFRESH_GAP_MS))
+            .ensure_and_queue(
+                category,
+                "refresh",
+                Some(REFRESH_GAP_MS),
+                (client, Via::Write),
+            )
             .await?;
         Ok(Refreshed {
             category: category.to_string(),
@@ -311,7 +343,7 @@ impl Categories {
                 description: seed.description.clone(),
                 locale: seed.locale.clone(),
             };
-            match self.register(&seed.name, request).await {
+            match self.register(&seed.name, request, "seed").await {
                 Ok(_) => tracing::info!(category = %seed.name, "seeded example category"),
                 Err(error) => {
                     tracing::warn!(category = %seed.name, %error, "cannot seed category")
@@ -321,20 +353,29 @@ impl Categories {
     }
 
     /// The one "register the category if missing, then queue generation" (new categories at
-    /// once, others after `min_gap_ms` or the cooldown).
+    /// once, others after `min_gap_ms` or the cooldown). `client` asks, by reading or writing.
     async fn ensure_and_queue(
         &self,
         category: &str,
         reason: &str,
         min_gap_ms: Option<i64>,
+        (client, via): (&str, Via),
     ) -> Result<bool> {
-        let created = self.db.category(category).await?.is_none()
-            && self
-                .db
+        let created = self.db.category(category).await?.is_none() && {
+            self.admit(client, via, category).await?;
+            self.db
                 .register_category(category, None, None, now_ms())
-                .await?;
+                .await?
+        };
         let gap = if created { Some(0) } else { min_gap_ms };
         self.generations.queue(category, reason, gap).await
+    }
+
+    /// The [`Admission`] guards for a new category. The count is read first and the insert
+    /// follows, so concurrent registrations may pass `max` by the number in flight.
+    async fn admit(&self, client: &str, via: Via, category: &str) -> Result<()> {
+        let existing = self.db.category_count().await?;
+        self.admission.admit(client, via, existing, category)
     }
 
     fn mark_dirty(&self, category: &str) {

@@ -68,6 +68,15 @@ impl Db {
         .transpose()
     }
 
+    /// How many categories there are (the `categories.max` guard).
+    pub async fn category_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM categories")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(count(n))
+    }
+
     /// All categories, ordered by name, with counts (one query, not N+1).
     pub async fn categories(&self) -> Result<Vec<CategorySummary>> {
         // COUNT(CASE …) rather than SUM: PostgreSQL's SUM over BIGINT is NUMERIC, which the Any

@@ -13,10 +13,12 @@
 //!   ([`runner::PipelineHost`], its own runtime) or one per worker process.
 //! - [`queue`]: the broker side of [`larder_categories::Jobs`]: how the category domain
 //!   queues generation and re-ranking.
+//! - [`events`]: what the stages are doing, broadcast for `GET /v1/events`.
 //! - [`config`]: `[pipeline]` of the config file.
 //! - [`names`]: metric names.
 
 pub mod config;
+pub mod events;
 pub mod job;
 pub mod names;
 pub mod queue;

@@ -15,6 +15,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::PipelineConfig;
+use crate::events::{self, Event};
 use crate::job::{Job, StageKind};
 use crate::names;
 use crate::stage::{Deps, Stage, StageError};
@@ -143,6 +144,7 @@ async fn handle(
         }
     };
     let category = job.category().to_string();
+    events::publish(Event::stage(name, &category, "started"));
     let started = Instant::now();
     let in_flight = InFlight::new(name);
     // Keep the message ours while we work on it: a killed process stops this, and then the
@@ -171,6 +173,13 @@ async fn handle(
             // Back off before the next attempt: 1 s, 2 s, 4 s, … at most a minute.
             let retry_in = Duration::from_secs(1 << delivery.deliveries.saturating_sub(1).min(6));
             tracing::warn!(stage = name, category = %category, deliveries = delivery.deliveries, ?retry_in, error = %error, "job failed; it will be delivered again");
+            events::publish(Event::Stage {
+                stage: name,
+                category: category.clone(),
+                state: "failed",
+                error: Some(error.to_string()),
+                at_ms: crate::stage::now_ms(),
+            });
             metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "error")
                 .increment(1);
             if let Err(error) = subscription.release(&delivery.id, retry_in).await {
@@ -197,6 +206,7 @@ async fn handle(
         tracing::warn!(stage = name, error = %error, "ack failed; the job may run again (handlers are idempotent)");
     }
     metrics::counter!(names::STAGE_JOBS, "stage" => name, "outcome" => "ok").increment(1);
+    events::publish(Event::stage(name, &category, "finished"));
 }
 
 /// The in-flight gauge of a stage, decremented when the job ends however it ends.

@@ -139,6 +139,11 @@ pub struct Limits {
     pub max_retries: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// Prompt plus completion tokens per UTC day; 0 = unlimited. Once spent, calls fail at
+    /// once (no HTTP) until midnight UTC. A call in flight may pass it by its own tokens.
+    pub tokens_per_day: u64,
+    /// HTTP attempts (retries included) per UTC day; 0 = unlimited.
+    pub requests_per_day: u64,
 }
 
 impl Default for Limits {
@@ -150,6 +155,8 @@ impl Default for Limits {
             max_retries: 4,
             backoff_base_ms: 200,
             backoff_max_ms: 20_000,
+            tokens_per_day: 0,
+            requests_per_day: 0,
         }
     }
 }

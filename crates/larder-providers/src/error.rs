@@ -32,6 +32,10 @@ pub enum ProviderError {
     /// `status.code` is not "20000".
     #[error("bad provider response: {0}")]
     BadResponse(String),
+    /// The provider's daily budget (`limits.tokens_per_day` / `requests_per_day`) is spent;
+    /// it refills at 00:00 UTC.
+    #[error("provider budget spent: {0}")]
+    BudgetSpent(String),
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {
@@ -53,7 +57,9 @@ impl ProviderError {
             ProviderError::Http { status, .. } => {
                 matches!(status, 408 | 409 | 425) || (500..=599).contains(status)
             }
-            ProviderError::Config(_) | ProviderError::BadResponse(_) => false,
+            ProviderError::Config(_)
+            | ProviderError::BadResponse(_)
+            | ProviderError::BudgetSpent(_) => false,
         }
     }
 
@@ -76,6 +82,7 @@ impl ProviderError {
             ProviderError::Timeout(_) => "timeout",
             ProviderError::Transport(_) => "transport",
             ProviderError::BadResponse(_) => "bad_response",
+            ProviderError::BudgetSpent(_) => "budget",
         }
     }
 }

@@ -4,7 +4,8 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
@@ -23,6 +24,24 @@ pub(crate) struct Limited<P> {
     limits: Limits,
     permits: Semaphore,
     rate: Option<DefaultDirectRateLimiter>,
+    /// Today's spend, when `tokens_per_day` or `requests_per_day` is set.
+    spent: Option<Mutex<Spent>>,
+}
+
+/// Tokens and HTTP attempts of one UTC day.
+#[derive(Debug, Default)]
+struct Spent {
+    /// Days since the Unix epoch (UTC) these counts are for.
+    day: u64,
+    tokens: u64,
+    requests: u64,
+}
+
+/// Today's number: days since the Unix epoch, UTC.
+fn utc_day() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 impl<P: Provider> Limited<P> {
@@ -36,11 +55,77 @@ impl<P: Provider> Limited<P> {
                 .allow_burst(NonZeroU32::MIN);
             RateLimiter::direct(quota)
         });
-        Limited {
+        let budgeted = limits.tokens_per_day > 0 || limits.requests_per_day > 0;
+        let limited = Limited {
             permits: Semaphore::new(limits.concurrency.max(1)),
+            spent: budgeted.then(|| {
+                Mutex::new(Spent {
+                    day: utc_day(),
+                    ..Spent::default()
+                })
+            }),
             inner,
             limits,
             rate,
+        };
+        if let Some(spent) = &limited.spent {
+            limited.show_budget(&spent.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        limited
+    }
+
+    /// Take one request from today's budget, or fail without calling when it is spent.
+    fn spend_request(&self) -> Result<(), ProviderError> {
+        let Some(spent) = &self.spent else {
+            return Ok(());
+        };
+        let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
+        let today = utc_day();
+        if spent.day != today {
+            *spent = Spent {
+                day: today,
+                ..Spent::default()
+            };
+        }
+        let l = &self.limits;
+        if l.tokens_per_day > 0 && spent.tokens >= l.tokens_per_day {
+            return Err(ProviderError::BudgetSpent(format!(
+                "{} of limits.tokens_per_day = {} tokens used today (UTC)",
+                spent.tokens, l.tokens_per_day
+            )));
+        }
+        if l.requests_per_day > 0 && spent.requests >= l.requests_per_day {
+            return Err(ProviderError::BudgetSpent(format!(
+                "{} of limits.requests_per_day = {} requests made today (UTC)",
+                spent.requests, l.requests_per_day
+            )));
+        }
+        spent.requests += 1;
+        self.show_budget(&spent);
+        Ok(())
+    }
+
+    /// Charge an answered call's tokens to today's budget.
+    fn spend_tokens(&self, tokens: u64) {
+        if let Some(spent) = &self.spent {
+            let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
+            spent.tokens = spent.tokens.saturating_add(tokens);
+            self.show_budget(&spent);
+        }
+    }
+
+    /// The remaining budget as gauges, for `/metrics` and the operator page.
+    fn show_budget(&self, spent: &Spent) {
+        let l = &self.limits;
+        for (resource, limit, used) in [
+            ("tokens", l.tokens_per_day, spent.tokens),
+            ("requests", l.requests_per_day, spent.requests),
+        ] {
+            if limit > 0 {
+                metrics::gauge!(names::BUDGET_REMAINING, "provider" => self.inner.name().to_owned(),
+                    "model" => self.inner.model().to_owned(), "resource" => resource)
+                .set(limit.saturating_sub(used) as f64);
+            }
         }
     }
 
@@ -56,6 +141,7 @@ impl<P: Provider> Limited<P> {
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
         }
+        self.spend_request()?;
         let call = self.inner.chat(request);
         if self.limits.timeout_ms == 0 {
             return call.await;
@@ -116,6 +202,12 @@ impl<P: Provider> Provider for Limited<P> {
             let error = match result {
                 Ok(response) => {
                     self.count(names::REQUESTS, "outcome", "ok", 1);
+                    self.spend_tokens(
+                        response
+                            .usage
+                            .prompt_tokens
+                            .saturating_add(response.usage.completion_tokens),
+                    );
                     self.count(
                         names::TOKENS,
                         "direction",
@@ -280,6 +372,44 @@ mod tests {
             temperature: None,
             max_tokens: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_spent_daily_budget_fails_calls_without_calling() {
+        let flaky = |limits: Limits| {
+            Limited::new(
+                Flaky {
+                    failures: 0,
+                    calls: AtomicU32::new(0),
+                },
+                limits,
+            )
+        };
+        // 13 tokens a call: the second call starts under 20 and may pass it; the third may not.
+        let by_tokens = flaky(Limits {
+            tokens_per_day: 20,
+            ..Limits::default()
+        });
+        assert!(by_tokens.chat(&request()).await.is_ok());
+        assert!(by_tokens.chat(&request()).await.is_ok());
+        let spent = by_tokens.chat(&request()).await;
+        assert!(
+            matches!(&spent, Err(ProviderError::BudgetSpent(m)) if m.contains("26 of limits.tokens_per_day = 20")),
+            "{spent:?}"
+        );
+        assert_eq!(by_tokens.inner.calls.load(Ordering::SeqCst), 2);
+
+        let by_requests = flaky(Limits {
+            requests_per_day: 1,
+            ..Limits::default()
+        });
+        assert!(by_requests.chat(&request()).await.is_ok());
+        assert!(matches!(
+            by_requests.chat(&request()).await,
+            Err(ProviderError::BudgetSpent(_))
+        ));
+        // Not retried: a spent budget is not a transient failure.
+        assert_eq!(by_requests.inner.calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -8,3 +8,6 @@ pub const ERRORS: &str = "larder_provider_errors_total";
 pub const TOKENS: &str = "larder_provider_tokens_total";
 /// Histogram of one attempt's duration in seconds.
 pub const REQUEST_SECONDS: &str = "larder_provider_request_seconds";
+/// What is left of a provider's daily budget, by `resource` (`tokens` | `requests`); only for
+/// providers with `limits.tokens_per_day` or `limits.requests_per_day` set.
+pub const BUDGET_REMAINING: &str = "larder_provider_budget_remaining";

@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP responses:
 //! `{"error": {"code": "<snake_case>", "message": "<sentence>"}}`.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use larder_store::codec::CodecError;
 use larder_store::StoreError;
@@ -31,6 +31,12 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many of something from one client (429, code `rate_limited`, with `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +55,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_request"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -107,6 +114,13 @@ impl From<larder_categories::CategoriesError> for ApiError {
             CategoriesError::BadRequest(m) => ApiError::BadRequest(m),
             CategoriesError::TooLarge(m) => ApiError::TooLarge(m),
             CategoriesError::NotFound(m) => ApiError::NotFound(m),
+            CategoriesError::RateLimited {
+                message,
+                retry_after,
+            } => ApiError::RateLimited {
+                message,
+                retry_after,
+            },
             CategoriesError::Db(e) => e.into(),
             CategoriesError::Store(e) => e.into(),
             CategoriesError::Queue(e) => ApiError::Unavailable(format!("pipeline queue: {e}")),
@@ -120,7 +134,15 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(error = %self, code, "request failed");
         }
-        larder_ops::error_response(status, code, &self.to_string())
+        let mut response = larder_ops::error_response(status, code, &self.to_string());
+        if let ApiError::RateLimited { retry_after, .. } = &self {
+            // Whole seconds, rounded up: `Retry-After: 0` would invite an immediate retry.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }
 

@@ -41,7 +41,7 @@ fn status(error: ApiError) -> Status {
         | ApiError::MethodNotAllowed(_) => tonic::Code::InvalidArgument,
         ApiError::Conflict(_) => tonic::Code::FailedPrecondition,
         ApiError::NotFound(_) => tonic::Code::NotFound,
-        ApiError::TooLarge(_) => tonic::Code::ResourceExhausted,
+        ApiError::TooLarge(_) | ApiError::RateLimited { .. } => tonic::Code::ResourceExhausted,
         ApiError::Unauthorized(_) => tonic::Code::Unauthenticated,
         ApiError::Forbidden(_) => tonic::Code::PermissionDenied,
         ApiError::Unavailable(_) => tonic::Code::Unavailable,
@@ -60,7 +60,9 @@ impl Embeddings {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        crate::auth::check(&self.state.config.auth, authorization, reads).map_err(status)
+        crate::auth::check(&self.state.config.auth, authorization, reads)
+            .map(drop)
+            .map_err(status)
     }
 }
 

@@ -71,15 +71,16 @@ pub async fn serve(
     let drain = std::time::Duration::from_millis(app.config.timeouts.shutdown_ms);
     let backend = app.store.backend();
     let pipeline = app.start_pipeline().await?;
+    // Both servers, and the event streams, stop when `shutdown` resolves.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let state = AppState::new(
         app.store.clone(),
         app.config.clone(),
         app.categories.clone(),
+        stopping_rx.clone(),
     );
     let decay = tokio::spawn(hot::decay_every(state.hot.clone(), hot::DECAY));
     let schemas = tokio::spawn(state.schemas.clone().follow(state.store.clone()));
-    // Both servers stop when `shutdown` resolves.
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     let grpc = match app.config.grpc_listen {
         Some(addr) => {
             let grpc_listener = TcpListener::bind(addr).await.map_err(|error| {
@@ -102,6 +103,8 @@ pub async fn serve(
     let router = routes::router(state);
     tracing::info!(addr = %listener.local_addr()?, backend, "larder listening");
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    // The peer address names an anonymous client for the per-client category rate.
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight requests");

@@ -23,12 +23,21 @@ pub struct AppState {
     pub categories: Arc<Categories>,
     /// The most looked-up keys, per namespace.
     pub hot: Arc<HotKeys>,
+    /// Turns true when the server starts shutting down: endless answers (the event stream)
+    /// end then, so the drain does not wait for them.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: Config, categories: Arc<Categories>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: Config,
+        categories: Arc<Categories>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         AppState {
             categories,
+            stopping,
             hot: Arc::new(HotKeys::default()),
             breaker: Arc::new(Breaker::new(&config.breaker)),
             schemas: Arc::new(SchemaCache::default()),

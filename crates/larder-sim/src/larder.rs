@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use larder_categories::model::{FeedbackIn, FeedbackRequest};
-use larder_categories::{Categories, Generations, Ranking, View};
+use larder_categories::{Admission, Categories, Generations, Ranking, View};
 use larder_db::{Db, Evaluation, FeedbackKind, ItemStatus, NewItem};
 use larder_pipeline::job::{Job, RankJob};
 use larder_pipeline::queue::Queue;
@@ -74,7 +74,13 @@ impl LarderEngine {
         }
         .build(&deps)
         .map_err(|e| SimError::Rank(e.to_string()))?;
-        let categories = Categories::new(db.clone(), store.clone(), generations, ranking);
+        let categories = Categories::new(
+            db.clone(),
+            store.clone(),
+            generations,
+            ranking,
+            Admission::open(),
+        );
 
         db.register_category(CATEGORY, None, None, 0).await?;
         let texts: Vec<String> = (0..world.len()).map(|_| item_text(rng)).collect();

@@ -9,10 +9,13 @@
 //! exact nor a near duplicate of the category's pool or of an earlier item of the same answer
 //! (`duplicate`).
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use larder_db::{ItemStatus, NewItem};
 use serde::{Deserialize, Serialize};
 
+use crate::events::{self, Event};
 use crate::job::{EvaluateJob, FilterJob, Job, StageKind};
 use crate::names;
 use crate::stage::{now_ms, Deps, Stage, StageError};
@@ -88,8 +91,21 @@ impl Reject {
     }
 }
 
-fn count(reject: Reject) {
+/// Count a drop in the metrics and in this answer's tally (for the `filtered` event).
+fn count(tally: &mut BTreeMap<&'static str, u64>, reject: Reject) {
     metrics::counter!(names::FILTER_REJECTED, "reason" => reject.as_str()).increment(1);
+    *tally.entry(reject.as_str()).or_default() += 1;
+}
+
+/// Tell the event feed what became of one answer.
+fn announce(job: &FilterJob, kept: usize, rejected: BTreeMap<&'static str, u64>) {
+    events::publish(Event::Filtered {
+        category: job.category.clone(),
+        provider: job.provider.clone(),
+        kept: kept as u64,
+        rejected,
+        at_ms: now_ms(),
+    });
 }
 
 /// The items of an answer: `{"items": [...]}`, also inside a Markdown code fence (models add
@@ -134,16 +150,18 @@ impl FilterStage {
     }
 
     async fn filter(&self, job: FilterJob) -> Result<Vec<Job>, StageError> {
+        let mut tally = BTreeMap::new();
         let items = match parse_items(&job.content) {
             Ok(items) => items,
             Err(reject) => {
-                count(reject);
+                count(&mut tally, reject);
                 tracing::info!(category = %job.category, provider = %job.provider, reason = reject.as_str(), "answer dropped");
+                announce(&job, 0, tally);
                 return Ok(Vec::new());
             }
         };
         if items.is_empty() {
-            count(Reject::Empty);
+            count(&mut tally, Reject::Empty);
         }
         let mut pool = DedupIndex::new(self.deps.text.near_duplicate);
         for (id, norm) in self.deps.db.pool_norms(&job.category).await? {
@@ -156,12 +174,12 @@ impl FilterStage {
         let mut resumed = Vec::new();
         for item in items {
             let Some(raw) = item else {
-                count(Reject::Schema);
+                count(&mut tally, Reject::Schema);
                 continue;
             };
             let text = raw.trim().to_string();
             if let Err(reject) = self.check(&text, &job.locale) {
-                count(reject);
+                count(&mut tally, reject);
                 continue;
             }
             let norm = text::normalize(&text);
@@ -173,7 +191,7 @@ impl FilterStage {
                 {
                     resumed.push(id);
                 } else {
-                    count(Reject::Duplicate);
+                    count(&mut tally, Reject::Duplicate);
                 }
                 continue;
             }
@@ -191,6 +209,7 @@ impl FilterStage {
             });
         }
         metrics::counter!(names::FILTER_ACCEPTED).increment(fresh.len() as u64);
+        announce(&job, fresh.len(), tally);
         let mut ids = self.deps.db.insert_items(&fresh).await?;
         ids.extend(resumed);
         if ids.is_empty() {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use larder_categories::{Evidence, View, ViewItem};
 
+use crate::events::{self, Event};
 use crate::job::{Job, RankJob, StageKind};
 use crate::names;
 use crate::stage::{now_ms, Deps, Stage, StageError};
@@ -235,6 +236,11 @@ impl RankStage {
                 .put_view(&job.category, &view.encode())
                 .await?;
             metrics::counter!(names::VIEWS_WRITTEN).increment(1);
+            events::publish(Event::View {
+                category: job.category.clone(),
+                items: view.items.len(),
+                at_ms: view.built_at_ms,
+            });
             inputs = db.rank_inputs(&job.category).await?;
             let served = view.items.iter().map(|i| i.id.clone()).collect();
             let (now_items, now_retire) = self.score(inputs.clone(), &served);

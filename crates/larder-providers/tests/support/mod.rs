@@ -19,6 +19,7 @@ pub fn fast_limits() -> Limits {
         max_retries: 2,
         backoff_base_ms: 10,
         backoff_max_ms: 50,
+        ..Limits::default()
     }
 }
 

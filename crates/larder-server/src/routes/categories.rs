@@ -5,12 +5,13 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use larder_categories::model::{
     Accepted, CategoryList, FeedbackRequest, ItemAnswer, ItemsAnswer, ItemsRequest, Refreshed,
     RegisterRequest,
 };
 
+use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::extract::{ApiPath, ApiQuery, JsonBody, OptionalJsonBody};
 use crate::state::AppState;
@@ -20,10 +21,11 @@ const RETRY_AFTER_SECS: &str = "7";
 
 pub async fn register(
     State(state): State<AppState>,
+    Extension(Caller(caller)): Extension<Caller>,
     ApiPath(category): ApiPath<String>,
     OptionalJsonBody(body): OptionalJsonBody<RegisterRequest>,
 ) -> ApiResult<Response> {
-    let registered = state.categories.register(&category, body).await?;
+    let registered = state.categories.register(&category, body, &caller).await?;
     let status = if registered.created {
         StatusCode::CREATED
     } else {
@@ -38,20 +40,23 @@ pub async fn list(State(state): State<AppState>) -> ApiResult<Json<CategoryList>
 
 pub async fn items(
     State(state): State<AppState>,
+    Extension(Caller(caller)): Extension<Caller>,
     ApiPath(category): ApiPath<String>,
     ApiQuery(query): ApiQuery<ItemsRequest>,
 ) -> ApiResult<Response> {
-    Ok(match state.categories.items(&category, query).await? {
-        ItemsAnswer::Ready(body) => {
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-        ItemsAnswer::Pending(pending) => (
-            StatusCode::ACCEPTED,
-            [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
-            Json(pending),
-        )
-            .into_response(),
-    })
+    Ok(
+        match state.categories.items(&category, query, &caller).await? {
+            ItemsAnswer::Ready(body) => {
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+            ItemsAnswer::Pending(pending) => (
+                StatusCode::ACCEPTED,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+                Json(pending),
+            )
+                .into_response(),
+        },
+    )
 }
 
 pub async fn item(
@@ -72,10 +77,11 @@ pub async fn feedback(
 
 pub async fn refresh(
     State(state): State<AppState>,
+    Extension(Caller(caller)): Extension<Caller>,
     ApiPath(category): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Refreshed>)> {
     Ok((
         StatusCode::ACCEPTED,
-        Json(state.categories.refresh(&category).await?),
+        Json(state.categories.refresh(&category, &caller).await?),
     ))
 }

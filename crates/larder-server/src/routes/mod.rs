@@ -5,6 +5,7 @@ pub mod entities;
 pub mod lookup;
 pub mod namespaces;
 pub mod ops;
+pub mod ui;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/categories/{category}/refresh",
             post(categories::refresh),
         )
+        .route("/v1/events", get(ui::events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::require_token,
@@ -58,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/ui", get(ui::page))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
