@@ -97,6 +97,9 @@ impl Categories {
                 )));
             }
         }
+        if let Some(description) = &request.description {
+            check_text("description", description)?;
+        }
         if request
             .description
             .as_ref()
@@ -212,6 +215,7 @@ impl Categories {
     /// pipeline state, not a served item.
     pub async fn item(&self, category: &str, id: &str) -> Result<ItemAnswer> {
         check_name(category)?;
+        check_text("item ids", id)?;
         let detail = self.db.item(category, id).await?.ok_or_else(|| {
             CategoriesError::NotFound(format!("no item {id:?} in category {category:?}"))
         })?;
@@ -276,6 +280,9 @@ impl Categories {
                 "{} feedback events; the limit is {MAX_FEEDBACK_EVENTS}",
                 request.events.len()
             )));
+        }
+        for event in &request.events {
+            check_text("item_id", &event.item_id)?;
         }
         let Some(first) = request.events.first() else {
             return Err(CategoriesError::BadRequest(
@@ -413,12 +420,28 @@ impl Categories {
     }
 }
 
-/// Category names are any UTF-8 of 1..=100 characters.
+/// Category names are any UTF-8 of 1..=100 characters but control characters.
 fn check_name(category: &str) -> Result<()> {
     let chars = category.chars().count();
     if chars == 0 || chars > 100 {
         return Err(CategoriesError::BadRequest(format!(
             "category names are 1 to 100 characters; got {chars}"
+        )));
+    }
+    if category.chars().any(char::is_control) {
+        return Err(CategoriesError::BadRequest(
+            "category names must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Text the main DB stores must not hold NUL: PostgreSQL's text cannot, and SQLite would
+/// keep what PostgreSQL refuses, so both refuse it here alike.
+fn check_text(what: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(CategoriesError::BadRequest(format!(
+            "{what} must not contain NUL (U+0000)"
         )));
     }
     Ok(())
@@ -450,5 +473,9 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name(&"가".repeat(101)).is_err());
         assert!(check_name(&"가".repeat(100)).is_ok());
+        assert!(check_name("a\u{0}b").is_err());
+        assert!(check_name("line\nbreak").is_err());
+        assert!(check_text("item_id", "a\u{0}").is_err());
+        assert!(check_text("item_id", "ok").is_ok());
     }
 }

@@ -242,7 +242,8 @@ impl Store for EmbeddedStore {
                         None => record.fields.push((name, value)),
                     }
                 }
-                record.expires_at_ms = ttl_seconds.map_or(0, |t| now + t.saturating_mul(1000));
+                record.expires_at_ms =
+                    ttl_seconds.map_or(0, |t| now.saturating_add(t.saturating_mul(1000)));
                 table.insert(key.as_slice(), record.encode().as_slice())?;
             }
             Ok(())

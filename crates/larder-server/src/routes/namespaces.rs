@@ -18,6 +18,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::state::AppState;
 
+/// The longest `ttl_seconds` a namespace may have: 100 years.
+const MAX_TTL_SECONDS: u64 = 100 * 365 * 24 * 3600;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutNamespace {
@@ -117,6 +120,15 @@ pub async fn put(
         // Validates length and finiteness the same way stored vectors are.
         larder_store::codec::encode(spec.dtype, spec.dim, values)
             .map_err(|e| ApiError::codec(&format!("fallback.{name}"), e))?;
+    }
+    if let Some(ttl) = body.ttl_seconds {
+        // 0 would expire every write at once; past 100 years Redis refuses the expiry (after
+        // storing the write) and the embedded store's clock arithmetic would overflow.
+        if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_seconds must be 1..={MAX_TTL_SECONDS} (100 years), or null for no expiry; got {ttl}"
+            )));
+        }
     }
     schema.ttl_seconds = body.ttl_seconds;
     if body.max_entity_bytes.is_some() {
