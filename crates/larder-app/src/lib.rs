@@ -104,10 +104,13 @@ impl App {
     /// the example categories on an empty DB.
     pub async fn start_pipeline(&self) -> Result<Running, AppError> {
         let pipeline = &self.config.pipeline;
-        let all_stages = StageKind::ALL.iter().all(|s| pipeline.stages.contains(s));
+        let all_stages = pipeline
+            .working_stages()
+            .iter()
+            .all(|s| pipeline.stages.contains(s));
         if self.broker.kind() == "memory" && !all_stages {
             return Err(AppError::Pipeline(StageError::Config(
-                "pipeline.stages: with the in-memory broker every stage must run in this process (no worker can reach its queue); list all four, or use a Redis store or pipeline.broker".into(),
+                "pipeline.stages: with the in-memory broker every stage must run in this process (no worker can reach its queue); list generate, filter, evaluate and rank (and embed when pipeline.embed is on), or use a Redis store or pipeline.broker".into(),
             )));
         }
         let host = if pipeline.stages.is_empty() {
@@ -189,9 +192,12 @@ fn deps(
     broker: &Arc<dyn Broker>,
     kinds: &[StageKind],
 ) -> Result<Deps, AppError> {
-    let calls_models = kinds
-        .iter()
-        .any(|k| matches!(k, StageKind::Generate | StageKind::Evaluate));
+    let calls_models = kinds.iter().any(|k| {
+        matches!(
+            k,
+            StageKind::Generate | StageKind::Evaluate | StageKind::Embed
+        )
+    });
     let providers = if calls_models {
         larder_pipeline::runner::build_providers(&config.pipeline.providers)?
     } else {

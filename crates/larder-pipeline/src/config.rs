@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::StageKind;
 use crate::stages::{
-    evaluate::EvaluateConfig, filter::FilterConfig, generate::GenerateConfig, rank::RankConfig,
+    embed::EmbedConfig, evaluate::EvaluateConfig, filter::FilterConfig, generate::GenerateConfig,
+    rank::RankConfig,
 };
 use crate::text::TextRules;
 
@@ -22,6 +23,8 @@ pub struct PipelineConfig {
     pub filter: FilterConfig,
     pub evaluate: EvaluateConfig,
     pub rank: RankConfig,
+    /// The optional embed stage after rank (off unless `provider` is set).
+    pub embed: EmbedConfig,
     /// Text rules the filter and rank stages share (near-duplicate threshold).
     pub text: TextRules,
     /// Stages `larder serve` runs in-process. Empty when `larder worker` processes run them.
@@ -79,6 +82,7 @@ impl Default for PipelineConfig {
             filter: FilterConfig::default(),
             evaluate: EvaluateConfig::default(),
             rank: RankConfig::default(),
+            embed: EmbedConfig::default(),
             text: TextRules::default(),
             stages: StageKind::ALL.to_vec(),
             broker: BrokerUrl::Auto,
@@ -97,6 +101,14 @@ impl Default for PipelineConfig {
 }
 
 impl PipelineConfig {
+    /// The stages that have work: all but `embed` unless `pipeline.embed` is on.
+    pub fn working_stages(&self) -> Vec<StageKind> {
+        StageKind::ALL
+            .into_iter()
+            .filter(|s| *s != StageKind::Embed || self.embed.is_on())
+            .collect()
+    }
+
     /// How often a consumer tells the broker it still works on a message: well inside
     /// `claim_idle_ms`, so only a dead consumer's messages are reclaimed.
     pub fn heartbeat(&self) -> std::time::Duration {

@@ -1,6 +1,6 @@
 //! What the stages of this process are doing, for people watching (`GET /v1/events`, the
 //! operator page): a stage started, finished or failed a job, an answer was filtered (kept
-//! and rejected by reason), a serving view was published.
+//! and rejected by reason), a serving view was published, item vectors were stored.
 //!
 //! One process-wide broadcast channel: stages publish without knowing who listens (a send
 //! with no subscriber costs an event's construction and nothing else), and each subscriber
@@ -45,6 +45,13 @@ pub enum Event {
         items: usize,
         at_ms: i64,
     },
+    /// `items` new item vectors of `category` were stored in `namespace`.
+    Embedded {
+        category: String,
+        namespace: String,
+        items: usize,
+        at_ms: i64,
+    },
 }
 
 impl Event {
@@ -54,6 +61,7 @@ impl Event {
             Event::Stage { .. } => "stage",
             Event::Filtered { .. } => "filtered",
             Event::View { .. } => "view",
+            Event::Embedded { .. } => "embedded",
         }
     }
 

@@ -8,7 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The four stages of the pipe-and-filter chain, in flow order.
+/// The stages of the pipe-and-filter chain, in flow order: the four every deployment runs,
+/// and `embed`, which only works when `pipeline.embed.provider` is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StageKind {
@@ -16,14 +17,16 @@ pub enum StageKind {
     Filter,
     Evaluate,
     Rank,
+    Embed,
 }
 
 impl StageKind {
-    pub const ALL: [StageKind; 4] = [
+    pub const ALL: [StageKind; 5] = [
         StageKind::Generate,
         StageKind::Filter,
         StageKind::Evaluate,
         StageKind::Rank,
+        StageKind::Embed,
     ];
 
     /// The name used for the broker queue, metrics labels and `larder worker --stage`.
@@ -33,6 +36,7 @@ impl StageKind {
             StageKind::Filter => "filter",
             StageKind::Evaluate => "evaluate",
             StageKind::Rank => "rank",
+            StageKind::Embed => "embed",
         }
     }
 
@@ -77,6 +81,12 @@ pub struct RankJob {
     pub activate: Vec<String>,
 }
 
+/// Embed the category's active items that have no vector yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedJob {
+    pub category: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "job", rename_all = "lowercase")]
 pub enum Job {
@@ -84,6 +94,7 @@ pub enum Job {
     Filter(FilterJob),
     Evaluate(EvaluateJob),
     Rank(RankJob),
+    Embed(EmbedJob),
 }
 
 impl Job {
@@ -94,6 +105,7 @@ impl Job {
             Job::Filter(_) => StageKind::Filter,
             Job::Evaluate(_) => StageKind::Evaluate,
             Job::Rank(_) => StageKind::Rank,
+            Job::Embed(_) => StageKind::Embed,
         }
     }
 
@@ -103,6 +115,7 @@ impl Job {
             Job::Filter(j) => &j.category,
             Job::Evaluate(j) => &j.category,
             Job::Rank(j) => &j.category,
+            Job::Embed(j) => &j.category,
         }
     }
 

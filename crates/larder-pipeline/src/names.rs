@@ -22,3 +22,5 @@ pub const VIEWS_WRITTEN: &str = "larder_rank_views_total";
 pub const REFILLS: &str = "larder_rank_refills_total";
 /// Items retired, by `reason` (lost to feedback, or a near duplicate of a better item).
 pub const RETIRED: &str = "larder_rank_retired_total";
+/// Counter: item vectors the embed stage wrote.
+pub const ITEMS_EMBEDDED: &str = "larder_embed_items_total";

@@ -53,7 +53,10 @@ pub fn build_stages(
                 StageKind::Generate => Arc::new(config.generate.build(deps)?),
                 StageKind::Filter => Arc::new(config.filter.build(deps)?),
                 StageKind::Evaluate => Arc::new(config.evaluate.build(deps)?),
-                StageKind::Rank => Arc::new(config.rank.build(deps)?),
+                StageKind::Rank => {
+                    Arc::new(config.rank.build(deps)?.embedding(config.embed.is_on()))
+                }
+                StageKind::Embed => Arc::new(config.embed.build(deps)?),
             })
         })
         .collect()

@@ -76,6 +76,34 @@ pub trait Stage: Send + Sync + 'static {
 
 pub use larder_categories::now_ms;
 
+/// One lock per category a stage is working on in this process, so that a stage's jobs of one
+/// category run one after the other (jobs in other worker processes still overlap; the stages
+/// that use this converge or dedupe on their own). The map only holds categories some job is
+/// holding: a lock nobody holds is forgotten.
+#[derive(Default)]
+pub struct CategoryLocks(
+    std::sync::Mutex<HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+);
+
+impl CategoryLocks {
+    /// Wait for `category`'s lock.
+    pub async fn lock(&self, category: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            match locks.get(category).and_then(std::sync::Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    locks.retain(|_, lock| lock.strong_count() > 0);
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    locks.insert(category.to_string(), Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
 /// The locale to generate and check a category in: the configured one, else Korean when the
 /// name has Hangul, else English.
 pub fn category_locale(name: &str, configured: Option<&str>) -> String {

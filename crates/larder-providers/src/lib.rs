@@ -5,19 +5,23 @@
 //! - [`protocol`]: the prompts the pipeline sends (generation and evaluation) and the JSON
 //!   shapes it expects back. Every user message ends with a ```` ```json ```` parameter block.
 //! - [`mock`]: the mock provider HTTP server (`larder mock-llm`, and the tests): OpenAI,
-//!   CLOVA v1 and CLOVA v3 routes with latency and fault injection.
+//!   CLOVA v1 and CLOVA v3 chat routes and OpenAI embeddings, with latency and fault injection.
 //! - `config`: the `[[providers]]` TOML entry ([`ProviderConfig`], [`Limits`], …).
 //! - `openai`, `clova`: the wire clients; `http`: what they share (secrets, status →
 //!   error mapping, `Retry-After`).
+//! - [`embedding`]: the deterministic hashed n-gram embedding ([`hashed_embedding`]) the
+//!   simulated provider and the mock's `POST /v1/embeddings` answer with.
 //! - `simulated`: the in-process provider; `brain`: the fake LLM content it shares with the
 //!   mock server.
-//! - `limited`: the limits layer every [`build`]-made provider goes through (concurrency,
-//!   requests per minute, timeout, retries, metrics).
+//! - `limited`: the limits layer every [`build`]-made provider goes through, for chat and
+//!   embed calls alike (concurrency, requests per minute, daily budget, timeout, retries,
+//!   metrics).
 //! - `error`: [`ProviderError`]; `metrics`: every metric name this crate emits.
 
 mod brain;
 mod clova;
 mod config;
+pub mod embedding;
 mod error;
 mod http;
 mod limited;
@@ -33,6 +37,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use config::{ClovaSampling, JsonMode, Latency, Limits, ProviderConfig, ProviderKind};
+pub use embedding::{hashed_embedding, DEFAULT_EMBEDDING_DIM};
 pub use error::ProviderError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +84,15 @@ pub struct ChatResponse {
     pub usage: Usage,
 }
 
+/// The answer to [`Provider::embed`]: one vector per input text, in input order, all of one
+/// length.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedResponse {
+    pub vectors: Vec<Vec<f32>>,
+    /// `prompt_tokens` only; embeddings have no completion.
+    pub usage: Usage,
+}
+
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// The configured name, e.g. "gpt-4o-main".
@@ -87,6 +101,20 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     fn model(&self) -> &str;
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError>;
+
+    /// One vector per text, in input order (`vectors[i]` embeds `texts[i]`). No texts: no
+    /// vectors, and no call to the server.
+    ///
+    /// The default fails with [`ProviderError::Config`]: chat-only providers (CLOVA Studio's
+    /// native chat APIs) cannot embed. OpenAI-compatible and simulated providers can.
+    async fn embed(&self, texts: &[String]) -> Result<EmbedResponse, ProviderError> {
+        let _ = texts;
+        Err(ProviderError::Config(format!(
+            "provider {:?} ({}) cannot embed",
+            self.name(),
+            self.kind()
+        )))
+    }
 
     /// What `Debug` for `dyn Provider` prints. Implementations holding secrets print them
     /// redacted; the default shows name, kind and model only, so other implementors need

@@ -3,6 +3,7 @@
 //! and full jitter that honour `Retry-After`, and the provider metrics.
 
 use std::fmt;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +14,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::metrics as names;
-use crate::{ChatRequest, ChatResponse, Provider, ProviderError};
+use crate::{ChatRequest, ChatResponse, EmbedResponse, Provider, ProviderError, Usage};
 
 /// A `Retry-After` longer than this is not slept through: the error goes back to the caller
 /// (the pipeline re-queues the work) instead of pinning a task for many minutes.
@@ -26,6 +27,23 @@ pub(crate) struct Limited<P> {
     rate: Option<DefaultDirectRateLimiter>,
     /// Today's spend, when `tokens_per_day` or `requests_per_day` is set.
     spent: Option<Mutex<Spent>>,
+}
+
+/// An answer whose tokens the layer counts and charges to the budget.
+trait Metered {
+    fn usage(&self) -> Usage;
+}
+
+impl Metered for ChatResponse {
+    fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+impl Metered for EmbedResponse {
+    fn usage(&self) -> Usage {
+        self.usage
+    }
 }
 
 /// Tokens and HTTP attempts of one UTC day.
@@ -130,7 +148,10 @@ impl<P: Provider> Limited<P> {
     }
 
     /// One HTTP attempt under a permit, the rate limiter and the timeout.
-    async fn attempt(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
+    async fn attempt<T, Fut>(&self, call: Fut) -> Result<T, ProviderError>
+    where
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
         // The permit is taken before the rate-limit wait: waiting for a rate cell first and
         // a permit later would let cells pile up and then fire together.
         let _permit = self
@@ -142,7 +163,6 @@ impl<P: Provider> Limited<P> {
             rate.until_ready().await;
         }
         self.spend_request()?;
-        let call = self.inner.chat(request);
         if self.limits.timeout_ms == 0 {
             return call.await;
         }
@@ -150,6 +170,59 @@ impl<P: Provider> Limited<P> {
         tokio::time::timeout(timeout, call)
             .await
             .unwrap_or(Err(ProviderError::Timeout(timeout)))
+    }
+
+    /// A whole call: attempts (each made by `what`) until one succeeds, the error is not
+    /// retryable, `max_retries` is reached or `Retry-After` exceeds [`MAX_RETRY_AFTER`], with
+    /// backoff between them; counts every attempt in the metrics and the budget.
+    async fn call<T, F, Fut>(&self, what: F) -> Result<T, ProviderError>
+    where
+        T: Metered,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            // `what()` only builds the future; nothing runs before the permit is held.
+            let result = self.attempt(what()).await;
+            metrics::histogram!(names::REQUEST_SECONDS, "provider" => self.name().to_owned(),
+                "model" => self.model().to_owned())
+            .record(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(response) => {
+                    let usage = response.usage();
+                    self.count(names::REQUESTS, "outcome", "ok", 1);
+                    self.spend_tokens(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+                    self.count(names::TOKENS, "direction", "prompt", usage.prompt_tokens);
+                    self.count(
+                        names::TOKENS,
+                        "direction",
+                        "completion",
+                        usage.completion_tokens,
+                    );
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            self.count(names::ERRORS, "kind", error.kind(), 1);
+            let retry_after = error.retry_after();
+            let give_up = !error.retryable()
+                || attempt >= self.limits.max_retries
+                || retry_after.is_some_and(|d| d > MAX_RETRY_AFTER);
+            if give_up {
+                self.count(names::REQUESTS, "outcome", "error", 1);
+                tracing::warn!(provider = self.name(), model = self.model(), attempts = attempt + 1,
+                    error = %error, "provider call failed");
+                return Err(error);
+            }
+            self.count(names::REQUESTS, "outcome", "retry", 1);
+            let delay = self.backoff(attempt, retry_after);
+            tracing::debug!(provider = self.name(), attempt = attempt + 1, delay_ms = delay.as_millis() as u64,
+                error = %error, "retrying provider call");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
     }
 
     /// Full jitter (uniform in 0..=min(max, base·2^attempt)), but never shorter than the
@@ -192,56 +265,16 @@ impl<P: Provider> Provider for Limited<P> {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let mut attempt = 0u32;
-        loop {
-            let started = Instant::now();
-            let result = self.attempt(request).await;
-            metrics::histogram!(names::REQUEST_SECONDS, "provider" => self.name().to_owned(),
-                "model" => self.model().to_owned())
-            .record(started.elapsed().as_secs_f64());
-            let error = match result {
-                Ok(response) => {
-                    self.count(names::REQUESTS, "outcome", "ok", 1);
-                    self.spend_tokens(
-                        response
-                            .usage
-                            .prompt_tokens
-                            .saturating_add(response.usage.completion_tokens),
-                    );
-                    self.count(
-                        names::TOKENS,
-                        "direction",
-                        "prompt",
-                        response.usage.prompt_tokens,
-                    );
-                    self.count(
-                        names::TOKENS,
-                        "direction",
-                        "completion",
-                        response.usage.completion_tokens,
-                    );
-                    return Ok(response);
-                }
-                Err(error) => error,
-            };
-            self.count(names::ERRORS, "kind", error.kind(), 1);
-            let retry_after = error.retry_after();
-            let give_up = !error.retryable()
-                || attempt >= self.limits.max_retries
-                || retry_after.is_some_and(|d| d > MAX_RETRY_AFTER);
-            if give_up {
-                self.count(names::REQUESTS, "outcome", "error", 1);
-                tracing::warn!(provider = self.name(), model = self.model(), attempts = attempt + 1,
-                    error = %error, "provider call failed");
-                return Err(error);
-            }
-            self.count(names::REQUESTS, "outcome", "retry", 1);
-            let delay = self.backoff(attempt, retry_after);
-            tracing::debug!(provider = self.name(), attempt = attempt + 1, delay_ms = delay.as_millis() as u64,
-                error = %error, "retrying provider call");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+        self.call(|| self.inner.chat(request)).await
+    }
+
+    /// Through the same permit, rate limiter, budget, timeout, retries and metrics as
+    /// `chat`. No texts is no call: the inner provider answers at once, nothing is spent.
+    async fn embed(&self, texts: &[String]) -> Result<EmbedResponse, ProviderError> {
+        if texts.is_empty() {
+            return self.inner.embed(texts).await;
         }
+        self.call(|| self.inner.embed(texts)).await
     }
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -360,6 +393,132 @@ mod tests {
                 },
             })
         }
+        /// Shares the failure count with `chat`; 7 prompt tokens a call.
+        async fn embed(&self, texts: &[String]) -> Result<EmbedResponse, ProviderError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err(ProviderError::Http {
+                    status: 503,
+                    retry_after: None,
+                    message: "busy".into(),
+                });
+            }
+            Ok(EmbedResponse {
+                vectors: texts.iter().map(|_| vec![1.0, 0.0]).collect(),
+                usage: Usage {
+                    prompt_tokens: 7,
+                    completion_tokens: 0,
+                },
+            })
+        }
+    }
+
+    fn texts() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn embed_goes_through_the_same_retries_budget_and_metrics() {
+        let capture = Capture::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let limits = Limits {
+            max_retries: 2,
+            backoff_base_ms: 1,
+            backoff_max_ms: 2,
+            ..Limits::default()
+        };
+        let flaky = |failures, limits: &Limits| {
+            Limited::new(
+                Flaky {
+                    failures,
+                    calls: AtomicU32::new(0),
+                },
+                limits.clone(),
+            )
+        };
+        metrics::with_local_recorder(&capture, || {
+            runtime.block_on(async {
+                // Two 503s, then an answer: within max_retries = 2.
+                let healed = flaky(2, &limits);
+                let answer = healed.embed(&texts()).await.expect("third attempt answers");
+                assert_eq!(answer.vectors.len(), 2);
+                assert_eq!(healed.inner.calls.load(Ordering::SeqCst), 3);
+
+                // Always 503: 1 + max_retries attempts, then the error.
+                let broken = flaky(100, &limits);
+                let error = broken.embed(&texts()).await.expect_err("gives up");
+                assert!(matches!(error, ProviderError::Http { status: 503, .. }));
+                assert_eq!(broken.inner.calls.load(Ordering::SeqCst), 3);
+
+                // No texts: straight to the inner provider, no attempt counted.
+                let empty = healed.embed(&[]).await.expect("nothing to embed");
+                assert!(empty.vectors.is_empty());
+
+                // Retries count against requests_per_day: a 503 and its retry spend both.
+                let budgeted = flaky(
+                    1,
+                    &Limits {
+                        requests_per_day: 2,
+                        ..limits.clone()
+                    },
+                );
+                budgeted.embed(&texts()).await.expect("retry answers");
+                let spent = budgeted.embed(&texts()).await;
+                assert!(
+                    matches!(&spent, Err(ProviderError::BudgetSpent(m)) if m.contains("2 of limits.requests_per_day = 2")),
+                    "{spent:?}"
+                );
+                assert_eq!(budgeted.inner.calls.load(Ordering::SeqCst), 2);
+
+                // Embedding tokens count against tokens_per_day, shared with chat.
+                let by_tokens = flaky(
+                    0,
+                    &Limits {
+                        tokens_per_day: 20,
+                        ..limits.clone()
+                    },
+                );
+                by_tokens.chat(&request()).await.expect("13 tokens");
+                by_tokens.embed(&texts()).await.expect("7 more: 20");
+                let spent = by_tokens.embed(&texts()).await;
+                assert!(
+                    matches!(&spent, Err(ProviderError::BudgetSpent(m)) if m.contains("20 of limits.tokens_per_day = 20")),
+                    "{spent:?}"
+                );
+                assert_eq!(by_tokens.inner.calls.load(Ordering::SeqCst), 2);
+            })
+        });
+        let seen = capture.0.lock().expect("not poisoned").clone();
+        let get = |name: &str, label: Option<(&str, &str)>| {
+            let mut labels = vec!["model=m".to_owned(), "provider=flaky".to_owned()];
+            labels.extend(label.map(|(k, v)| format!("{k}={v}")));
+            labels.sort();
+            seen.get(&format!("{name}{{{}}}", labels.join(",")))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        // ok: healed, budgeted, chat + embed of by_tokens; retries: 2 + 2 + 1.
+        assert_eq!(
+            get(names::REQUESTS, Some(("outcome", "ok"))),
+            4.0,
+            "{seen:?}"
+        );
+        assert_eq!(get(names::REQUESTS, Some(("outcome", "retry"))), 5.0);
+        // broken's last 503 and the two spent budgets.
+        assert_eq!(get(names::REQUESTS, Some(("outcome", "error"))), 3.0);
+        assert_eq!(get(names::ERRORS, Some(("kind", "http_5xx"))), 6.0);
+        assert_eq!(get(names::ERRORS, Some(("kind", "budget"))), 2.0);
+        assert_eq!(
+            get(names::TOKENS, Some(("direction", "prompt"))),
+            7.0 * 3.0 + 10.0
+        );
+        assert_eq!(get(names::TOKENS, Some(("direction", "completion"))), 3.0);
+        // One duration per attempt, including the ones the budget refused: 3 per provider.
+        assert_eq!(get(names::REQUEST_SECONDS, None), 4.0 * 3.0);
+        // The label sets are the chat ones: nothing says "embed".
+        assert!(seen.keys().all(|k| !k.contains("embed")), "{seen:?}");
     }
 
     fn request() -> ChatRequest {

@@ -1,4 +1,5 @@
-//! OpenAI-compatible chat completions (OpenAI, Ollama, vLLM, CLOVA Studio's OpenAI endpoint).
+//! OpenAI-compatible chat completions and embeddings (OpenAI, Ollama, vLLM, CLOVA Studio's
+//! OpenAI endpoint).
 
 use std::fmt;
 
@@ -7,12 +8,16 @@ use serde_json::{json, Map, Value};
 
 use crate::config::JsonMode;
 use crate::http::{self, Secret};
-use crate::{ChatRequest, ChatResponse, Provider, ProviderError, ResponseFormat, Usage};
+use crate::{
+    ChatRequest, ChatResponse, EmbedResponse, Provider, ProviderError, ResponseFormat, Usage,
+};
 
 pub(crate) struct OpenAi {
     name: String,
     model: String,
     endpoint: String,
+    /// `{base_url}/embeddings`
+    embeddings: String,
     key: Option<Secret>,
     json_mode: JsonMode,
     client: reqwest::Client,
@@ -27,14 +32,30 @@ impl OpenAi {
         json_mode: JsonMode,
         client: reqwest::Client,
     ) -> OpenAi {
+        let base = base_url.trim_end_matches('/');
         OpenAi {
             name: name.to_owned(),
             model: model.to_owned(),
-            endpoint: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            endpoint: format!("{base}/chat/completions"),
+            embeddings: format!("{base}/embeddings"),
             key,
             json_mode,
             client,
         }
+    }
+
+    /// POSTs `body` to `url` with the key, if any, and decodes the 2xx answer.
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<T, ProviderError> {
+        let mut post = self.client.post(url).json(body);
+        if let Some(key) = &self.key {
+            post = post.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")?);
+        }
+        let secrets: Vec<&Secret> = self.key.iter().collect();
+        http::send_json(post, &secrets).await
     }
 
     fn body(&self, request: &ChatRequest) -> Value {
@@ -73,6 +94,7 @@ impl fmt::Debug for OpenAi {
         f.debug_struct("OpenAi")
             .field("name", &self.name)
             .field("endpoint", &self.endpoint)
+            .field("embeddings", &self.embeddings)
             .field("model", &self.model)
             .field("api_key", &self.key)
             .field("json_mode", &self.json_mode)
@@ -108,6 +130,60 @@ struct WireUsage {
     completion_tokens: u64,
 }
 
+#[derive(Deserialize)]
+struct Embeddings {
+    data: Vec<Embedding>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Embedding {
+    /// OpenAI always sends it; a server that leaves it out is taken to answer in order.
+    #[serde(default)]
+    index: Option<usize>,
+    embedding: Vec<f32>,
+}
+
+/// The vectors of an embeddings answer in input order, checked: one per input, each
+/// non-empty, all of one length, every value finite.
+fn ordered_vectors(data: Vec<Embedding>, inputs: usize) -> Result<Vec<Vec<f32>>, ProviderError> {
+    let bad = |what: String| Err(ProviderError::BadResponse(what));
+    if data.len() != inputs {
+        return bad(format!("{} embeddings for {inputs} inputs", data.len()));
+    }
+    let mut slots: Vec<Option<Vec<f32>>> = vec![None; inputs];
+    for (position, item) in data.into_iter().enumerate() {
+        let index = item.index.unwrap_or(position);
+        match slots.get_mut(index) {
+            Some(slot @ None) => *slot = Some(item.embedding),
+            Some(Some(_)) => return bad(format!("embedding index {index} given twice")),
+            None => return bad(format!("embedding index {index} for {inputs} inputs")),
+        }
+    }
+    // Every slot is filled: as many items as slots, none twice.
+    let vectors: Vec<Vec<f32>> = slots.into_iter().flatten().collect();
+    let dim = vectors.first().map_or(0, Vec::len);
+    for (i, vector) in vectors.iter().enumerate() {
+        if vector.is_empty() {
+            return bad(format!("embedding {i} is empty"));
+        }
+        if vector.len() != dim {
+            return bad(format!(
+                "embedding {i} has {} dimensions, embedding 0 has {dim}",
+                vector.len()
+            ));
+        }
+        if let Some(at) = vector.iter().position(|v| !v.is_finite()) {
+            return bad(format!(
+                "embedding {i} has a non-finite value at {at} ({})",
+                vector[at]
+            ));
+        }
+    }
+    Ok(vectors)
+}
+
 #[async_trait::async_trait]
 impl Provider for OpenAi {
     fn name(&self) -> &str {
@@ -123,12 +199,7 @@ impl Provider for OpenAi {
     }
 
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let mut post = self.client.post(&self.endpoint).json(&self.body(request));
-        if let Some(key) = &self.key {
-            post = post.header(reqwest::header::AUTHORIZATION, key.header("Bearer ")?);
-        }
-        let secrets: Vec<&Secret> = self.key.iter().collect();
-        let completion: Completion = http::send_json(post, &secrets).await?;
+        let completion: Completion = self.post(&self.endpoint, &self.body(request)).await?;
         let Some(choice) = completion.choices.into_iter().next() else {
             return Err(ProviderError::BadResponse(
                 "no choices in completion".into(),
@@ -148,6 +219,23 @@ impl Provider for OpenAi {
             completion_tokens: u.completion_tokens,
         });
         Ok(ChatResponse { content, usage })
+    }
+
+    async fn embed(&self, texts: &[String]) -> Result<EmbedResponse, ProviderError> {
+        if texts.is_empty() {
+            return Ok(EmbedResponse {
+                vectors: Vec::new(),
+                usage: Usage::default(),
+            });
+        }
+        let body = json!({"model": self.model, "input": texts});
+        let answer: Embeddings = self.post(&self.embeddings, &body).await?;
+        let vectors = ordered_vectors(answer.data, texts.len())?;
+        let usage = answer.usage.map_or(Usage::default(), |u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+        });
+        Ok(EmbedResponse { vectors, usage })
     }
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -207,5 +295,72 @@ mod tests {
             provider(JsonMode::Off).endpoint,
             "http://127.0.0.1:1/v1/chat/completions"
         );
+        assert_eq!(
+            provider(JsonMode::Off).embeddings,
+            "http://127.0.0.1:1/v1/embeddings"
+        );
+    }
+
+    fn data(json: Value) -> Vec<Embedding> {
+        serde_json::from_value::<Embeddings>(json!({ "data": json }))
+            .expect("embeddings shape")
+            .data
+    }
+
+    #[test]
+    fn embeddings_are_put_in_input_order() {
+        let answer = data(json!([
+            {"index": 2, "embedding": [0.0, 3.0]},
+            {"index": 0, "embedding": [1.0, 0.0]},
+            {"index": 1, "embedding": [0.0, 2.0]},
+        ]));
+        assert_eq!(
+            ordered_vectors(answer, 3).expect("valid"),
+            vec![vec![1.0, 0.0], vec![0.0, 2.0], vec![0.0, 3.0]]
+        );
+        let no_index = data(json!([{"embedding": [1.0]}, {"embedding": [2.0]}]));
+        assert_eq!(
+            ordered_vectors(no_index, 2).expect("valid"),
+            vec![vec![1.0], vec![2.0]]
+        );
+    }
+
+    #[test]
+    fn bad_embeddings_are_bad_responses() {
+        let cases = [
+            (
+                json!([{"index": 0, "embedding": [1.0]}]),
+                "1 embeddings for 2 inputs",
+            ),
+            (
+                json!([{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]),
+                "index 0 given twice",
+            ),
+            (
+                json!([{"index": 0, "embedding": [1.0]}, {"index": 5, "embedding": [1.0]}]),
+                "index 5 for 2 inputs",
+            ),
+            (
+                json!([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": []}]),
+                "embedding 1 is empty",
+            ),
+            (
+                json!([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}]),
+                "embedding 1 has 2 dimensions",
+            ),
+            // Too big for an f32: decodes as infinity.
+            (
+                json!([{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1e39]}]),
+                "non-finite value at 0",
+            ),
+        ];
+        for (json, expected) in cases {
+            match ordered_vectors(data(json.clone()), 2) {
+                Err(ProviderError::BadResponse(message)) => {
+                    assert!(message.contains(expected), "{json}: {message}")
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
     }
 }

@@ -1,12 +1,20 @@
-//! The in-process provider: no HTTP, answers from `brain`, deterministic per seed.
+//! The in-process provider: no HTTP, answers from `brain` (chat) and
+//! [`hashed_embedding`](crate::embedding::hashed_embedding) (embeddings), deterministic per
+//! seed.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Latency;
-use crate::{brain, ChatRequest, ChatResponse, Provider, ProviderError, ResponseFormat};
+use crate::embedding::{self, DEFAULT_EMBEDDING_DIM};
+use crate::{
+    brain, ChatRequest, ChatResponse, EmbedResponse, Provider, ProviderError, ResponseFormat, Usage,
+};
 
 const DEFAULT_MODEL: &str = "larder-sim-1";
+
+/// Embedding calls take this fraction of the configured chat latency: no tokens to generate.
+const EMBED_LATENCY_DIVISOR: u64 = 10;
 
 pub(crate) struct Simulated {
     name: String,
@@ -68,6 +76,30 @@ impl Provider for Simulated {
         let content = brain::answer(&request.messages, json, self.seed, call);
         let usage = brain::usage(&request.messages, &content);
         Ok(ChatResponse { content, usage })
+    }
+
+    /// [`DEFAULT_EMBEDDING_DIM`]-long hashed embeddings after a tenth of the chat latency.
+    /// The delay is drawn from the seed and the texts, not the call counter, so embedding
+    /// calls leave the chat answers' sequence alone.
+    async fn embed(&self, texts: &[String]) -> Result<EmbedResponse, ProviderError> {
+        if texts.is_empty() {
+            return Ok(EmbedResponse {
+                vectors: Vec::new(),
+                usage: Usage::default(),
+            });
+        }
+        let delay = {
+            let mut rng = brain::rng_for(&[self.seed, embedding::batch_hash(texts), 0xe3be_dd00]);
+            brain::latency(
+                self.latency.mean_ms / EMBED_LATENCY_DIVISOR,
+                self.latency.jitter,
+                &mut rng,
+            )
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(embedding::embed_all(texts, DEFAULT_EMBEDDING_DIM))
     }
 
     fn describe(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,5 +1,5 @@
-//! `larder mock-llm`: the mock provider server (OpenAI and both CLOVA Studio wire formats) with
-//! latency and fault injection, for tests, benches and the offline demo.
+//! `larder mock-llm`: the mock provider server (OpenAI chat and embeddings, both CLOVA Studio
+//! chat wire formats) with latency and fault injection, for tests, benches and the offline demo.
 
 use std::net::SocketAddr;
 

@@ -17,7 +17,7 @@ use larder_pipeline::{StageError, StageKind};
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    /// generate | filter | evaluate | rank
+    /// generate | filter | evaluate | rank | embed (with pipeline.embed on)
     #[arg(long, value_parser = parse_stage)]
     stage: StageKind,
     /// The same TOML config file `larder serve` reads ([pipeline] and providers).
@@ -39,7 +39,8 @@ pub struct WorkerArgs {
 }
 
 fn parse_stage(value: &str) -> Result<StageKind, String> {
-    StageKind::parse(value).ok_or_else(|| "expected generate, filter, evaluate or rank".to_string())
+    StageKind::parse(value)
+        .ok_or_else(|| "expected generate, filter, evaluate, rank or embed".to_string())
 }
 
 pub async fn run(args: WorkerArgs) -> i32 {
@@ -69,6 +70,7 @@ pub async fn run(args: WorkerArgs) -> i32 {
             StageKind::Filter => p.filter.concurrency = n,
             StageKind::Evaluate => p.evaluate.concurrency = n,
             StageKind::Rank => p.rank.concurrency = n,
+            StageKind::Embed => p.embed.concurrency = n,
         }
     }
     let listen = args

@@ -17,8 +17,7 @@
 //!
 //! Recomputing from the DB makes the stage idempotent: a redelivered job writes the same view.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 use larder_db::{ItemStatus, RankInput};
@@ -27,9 +26,9 @@ use serde::{Deserialize, Serialize};
 use larder_categories::{Evidence, View, ViewItem};
 
 use crate::events::{self, Event};
-use crate::job::{Job, RankJob, StageKind};
+use crate::job::{EmbedJob, Job, RankJob, StageKind};
 use crate::names;
-use crate::stage::{now_ms, Deps, Stage, StageError};
+use crate::stage::{now_ms, CategoryLocks, Deps, Stage, StageError};
 use crate::text::{self, DedupIndex};
 
 /// Reasons recorded on retired items.
@@ -96,7 +95,8 @@ impl RankConfig {
             config: self.clone(),
             ranking: self.ranking(),
             deps: deps.clone(),
-            running: Mutex::new(HashMap::new()),
+            running: CategoryLocks::default(),
+            embed: false,
         })
     }
 }
@@ -108,7 +108,9 @@ pub struct RankStage {
     /// One lock per category being ranked in this process: its rank jobs run one after the
     /// other, so they never serve an item that another is about to retire. (Jobs in other
     /// worker processes still overlap; the rewrite loop below makes them converge.)
-    running: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    running: CategoryLocks,
+    /// Whether the embed stage runs: new items then get an embed job.
+    embed: bool,
 }
 
 impl RankStage {
@@ -177,21 +179,8 @@ impl RankStage {
     }
 
     /// The lock of `category`'s rank jobs in this process.
-    fn lock_of(&self, category: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(lock) = running.get(category).and_then(Weak::upgrade) {
-            return lock;
-        }
-        // Forget the categories no job holds any more, so the map stays as small as the work.
-        running.retain(|_, lock| lock.strong_count() > 0);
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        running.insert(category.to_string(), Arc::downgrade(&lock));
-        lock
-    }
-
     async fn rank(&self, job: RankJob) -> Result<Vec<Job>, StageError> {
-        let lock = self.lock_of(&job.category);
-        let _one_at_a_time = lock.lock().await;
+        let _one_at_a_time = self.running.lock(&job.category).await;
         let db = &self.deps.db;
         let mut inputs = db.rank_inputs(&job.category).await?;
         let activate: Vec<String> = inputs
@@ -269,7 +258,20 @@ impl RankStage {
             metrics::counter!(names::REFILLS, "reason" => if retired == 0 { "low_pool" } else { "losing" })
                 .increment(1);
         }
+        // New items joined the pool: the embed stage gives them (and any item an earlier
+        // embed job missed) vectors. Feedback re-ranks activate nothing and queue nothing.
+        if self.embed && !activate.is_empty() {
+            return Ok(vec![Job::Embed(EmbedJob {
+                category: job.category,
+            })]);
+        }
         Ok(Vec::new())
+    }
+
+    /// Queue an embed job whenever items join the pool (`pipeline.embed` is on).
+    pub fn embedding(mut self, on: bool) -> RankStage {
+        self.embed = on;
+        self
     }
 }
 

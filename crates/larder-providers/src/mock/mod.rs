@@ -1,5 +1,15 @@
 //! The mock provider server used by tests and `larder mock-llm`: OpenAI, CLOVA v1 and CLOVA v3
 //! routes answering from `brain`, with latency and deterministic fault injection.
+//!
+//! Routes:
+//!
+//! - `POST /v1/chat/completions`: OpenAI chat completions.
+//! - `POST /v1/embeddings`: OpenAI embeddings; [`hashed_embedding`](crate::hashed_embedding)
+//!   vectors, `dimensions` long (1..=4096, default
+//!   [`DEFAULT_EMBEDDING_DIM`](crate::DEFAULT_EMBEDDING_DIM)).
+//! - `POST /testapp/v1/chat-completions/{model}`: CLOVA Studio v1.
+//! - `POST /v3/chat-completions/{model}`: CLOVA Studio v3.
+//! - `GET /`: the route list; `GET /stats`: [`MockStats`] as JSON.
 
 mod faults;
 mod routes;
@@ -21,6 +31,7 @@ pub use stats::MockStats;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MockConfig {
+    /// Mean latency of a chat answer; embeddings take a tenth of it.
     pub latency_ms: u64,
     /// Log-normal sigma; 0 = every request takes exactly `latency_ms`.
     pub latency_jitter: f64,
@@ -31,7 +42,8 @@ pub struct MockConfig {
     pub retry_after_secs: u64,
     /// 500 or 503.
     pub rate_5xx: f64,
-    /// 200 with content that is not JSON.
+    /// 200 with content that is not JSON. This and the other content faults below apply to
+    /// chat routes only; embeddings get 429s, 5xx and latency.
     pub rate_garbage: f64,
     /// Items longer than `max_chars`.
     pub rate_overlong: f64,

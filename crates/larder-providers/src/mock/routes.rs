@@ -1,6 +1,9 @@
-//! The mock's HTTP routes. One handler body serves the three wire formats; `Wire` holds what
-//! differs between them (auth header, request body, answer and error shapes).
+//! The mock's HTTP routes. One handler body serves the three chat wire formats; `Wire` holds
+//! what differs between them (auth header, request body, answer and error shapes).
+//! `POST /v1/embeddings` (OpenAI's wire) shares the counting, auth, error shapes, 429/5xx
+//! faults and latency with them.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,26 +14,38 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rand::rngs::StdRng;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::{self, chance};
-use super::Shared;
+use super::{MockConfig, Shared};
+use crate::embedding::{self, DEFAULT_EMBEDDING_DIM};
 use crate::{brain, ChatMessage, Role, Usage};
+
+/// The largest `dimensions` an embeddings request may ask for.
+const MAX_EMBEDDING_DIM: u64 = 4096;
+/// OpenAI's limit on inputs per embeddings request.
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+/// Embeddings take this fraction of `latency_ms`: there are no tokens to generate.
+const EMBED_LATENCY_DIVISOR: u64 = 10;
+/// The `by_route` name of `POST /v1/embeddings`.
+const EMBEDDINGS_ROUTE: &str = "openai-embeddings";
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(root))
         .route("/stats", get(stats))
         .route("/v1/chat/completions", post(openai))
+        .route("/v1/embeddings", post(embeddings))
         .route("/testapp/v1/chat-completions/{model}", post(clova_v1))
         .route("/v3/chat-completions/{model}", post(clova_v3))
         .with_state(shared)
 }
 
 async fn root() -> &'static str {
-    "larder mock-llm: POST /v1/chat/completions, /testapp/v1/chat-completions/{model}, /v3/chat-completions/{model}\n"
+    "larder mock-llm: POST /v1/chat/completions, /v1/embeddings, /testapp/v1/chat-completions/{model}, /v3/chat-completions/{model}; GET /stats\n"
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<super::MockStats> {
@@ -39,6 +54,19 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Json<super::MockStats> {
 
 async fn openai(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     chat(shared, Wire::OpenAi, None, headers, body).await
+}
+
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    counted(
+        &shared,
+        EMBEDDINGS_ROUTE,
+        embeddings_answer(&shared, &headers, &body),
+    )
+    .await
 }
 
 async fn clova_v1(
@@ -89,12 +117,69 @@ async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    counted(
+        &shared,
+        wire.route(),
+        answer(&shared, wire, model, &headers, &body),
+    )
+    .await
+}
+
+/// Runs a model route's `answer`, counted in the stats as a request on `route`, in flight
+/// until it finishes, with its status.
+async fn counted(
+    shared: &Arc<Shared>,
+    route: &'static str,
+    answer: impl Future<Output = Response>,
+) -> Response {
     let since_start = shared.started.elapsed();
-    shared.with_stats(|s| s.enter(wire.route(), since_start));
+    shared.with_stats(|s| s.enter(route, since_start));
     let _flight = Flight(shared.clone());
-    let response = answer(&shared, wire, model, &headers, &body).await;
+    let response = answer.await;
     shared.with_stats(|s| s.status(response.status().as_u16()));
     response
+}
+
+/// The HTTP-level faults every model route goes through, in this order: a 429 (before the
+/// model runs, so without latency), the latency of `latency_ms`, then a 500/503.
+async fn http_faults(
+    shared: &Shared,
+    wire: Wire,
+    config: &MockConfig,
+    latency_ms: u64,
+    rng: &mut StdRng,
+) -> Result<(), Response> {
+    let retry_after = (config.retry_after_secs > 0).then_some(config.retry_after_secs);
+    // A real rate limiter answers before the model runs, so 429s skip the latency.
+    if chance(rng, config.rate_429) {
+        shared.with_stats(|s| s.fault("rate_429"));
+        return Err(wire.error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit reached",
+            retry_after,
+        ));
+    }
+    let delay = brain::latency(latency_ms, config.latency_jitter, rng);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if chance(rng, config.rate_5xx) {
+        shared.with_stats(|s| s.fault("5xx"));
+        return Err(if rng.random::<bool>() {
+            wire.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service unavailable",
+                retry_after,
+            )
+        } else {
+            wire.error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error",
+                None,
+            )
+        });
+    }
+    Ok(())
 }
 
 async fn answer(
@@ -118,35 +203,8 @@ async fn answer(
         Ok(parsed) => parsed,
         Err(message) => return wire.error(StatusCode::BAD_REQUEST, &message, None),
     };
-    let retry_after = (config.retry_after_secs > 0).then_some(config.retry_after_secs);
-    // A real rate limiter answers before the model runs, so 429s skip the latency.
-    if chance(&mut rng, config.rate_429) {
-        shared.with_stats(|s| s.fault("rate_429"));
-        return wire.error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate limit reached",
-            retry_after,
-        );
-    }
-    let delay = brain::latency(config.latency_ms, config.latency_jitter, &mut rng);
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if chance(&mut rng, config.rate_5xx) {
-        shared.with_stats(|s| s.fault("5xx"));
-        return if rng.random::<bool>() {
-            wire.error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service unavailable",
-                retry_after,
-            )
-        } else {
-            wire.error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal server error",
-                None,
-            )
-        };
+    if let Err(fault) = http_faults(shared, wire, &config, config.latency_ms, &mut rng).await {
+        return fault;
     }
     let content = faults::content(
         &parsed.messages,
@@ -162,6 +220,120 @@ async fn answer(
         Json(wire.success(&parsed.model, &content, usage, n)),
     )
         .into_response()
+}
+
+/// `POST /v1/embeddings`: a [`hashed_embedding`](embedding::hashed_embedding) per input,
+/// `dimensions` long (default [`DEFAULT_EMBEDDING_DIM`]). Goes through the 429/5xx faults
+/// and a tenth of the latency; content faults (garbage, overlong, …) are about what a model
+/// writes and do not apply.
+async fn embeddings_answer(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    let wire = Wire::OpenAi;
+    let config = shared.config();
+    let n = shared.counter.fetch_add(1, Ordering::Relaxed);
+    let mut rng = brain::rng_for(&[config.seed, n, 0x6d6f_636b]);
+
+    if let Err(message) = wire.authorize(headers) {
+        return wire.error(StatusCode::UNAUTHORIZED, &message, None);
+    }
+    let request = match parse_embeddings(body) {
+        Ok(request) => request,
+        Err(message) => return wire.error(StatusCode::BAD_REQUEST, &message, None),
+    };
+    let latency_ms = config.latency_ms / EMBED_LATENCY_DIVISOR;
+    if let Err(fault) = http_faults(shared, wire, &config, latency_ms, &mut rng).await {
+        return fault;
+    }
+    let answer = embedding::embed_all(&request.input, request.dim);
+    let data: Vec<Value> = answer
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| json!({"object": "embedding", "index": index, "embedding": vector}))
+        .collect();
+    let tokens = answer.usage.prompt_tokens;
+    (
+        StatusCode::OK,
+        Json(json!({
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        })),
+    )
+        .into_response()
+}
+
+/// An embeddings request, checked as OpenAI checks it.
+struct EmbeddingsRequest {
+    model: String,
+    input: Vec<String>,
+    dim: usize,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    dimensions: Option<Value>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+fn parse_embeddings(body: &[u8]) -> Result<EmbeddingsRequest, String> {
+    let body: EmbeddingsBody =
+        serde_json::from_slice(body).map_err(|e| format!("invalid body: {e}"))?;
+    if body.model.trim().is_empty() {
+        return Err("model is required".into());
+    }
+    let not_text = || "input must be a string or an array of strings".to_owned();
+    let input = match body.input {
+        Value::String(text) => vec![text],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(not_text()),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(not_text()),
+    };
+    if input.is_empty() {
+        return Err("input must not be empty".into());
+    }
+    if input.len() > MAX_EMBEDDING_INPUTS {
+        return Err(format!(
+            "input has {} items, at most {MAX_EMBEDDING_INPUTS} are allowed",
+            input.len()
+        ));
+    }
+    if let Some(i) = input.iter().position(String::is_empty) {
+        return Err(format!("input[{i}] must not be an empty string"));
+    }
+    let dim = match body.dimensions {
+        None | Some(Value::Null) => DEFAULT_EMBEDDING_DIM,
+        Some(value) => match value.as_u64() {
+            Some(d) if (1..=MAX_EMBEDDING_DIM).contains(&d) => d as usize,
+            _ => {
+                return Err(format!(
+                    "dimensions must be an integer in 1..={MAX_EMBEDDING_DIM}, got {value}"
+                ))
+            }
+        },
+    };
+    match body.encoding_format.as_deref() {
+        None | Some("float") => {}
+        Some(other) => {
+            return Err(format!(
+                "encoding_format {other:?} is not supported by the mock; use \"float\""
+            ))
+        }
+    }
+    Ok(EmbeddingsRequest {
+        model: body.model,
+        input,
+        dim,
+    })
 }
 
 #[derive(Deserialize)]

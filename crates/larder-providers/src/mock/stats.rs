@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 /// Counters since the server started.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MockStats {
-    /// Chat requests on all routes (not `GET /` or `/stats`).
+    /// Requests on all model routes: chat and embeddings (not `GET /` or `/stats`).
     pub requests: u64,
-    /// Chat requests by route: "openai", "clova-v1", "clova-v3".
+    /// Requests by route: "openai", "openai-embeddings", "clova-v1", "clova-v3".
     pub by_route: BTreeMap<String, u64>,
     pub responses_2xx: u64,
     /// 4xx other than 429 (bad bodies, missing keys).
@@ -23,10 +23,10 @@ pub struct MockStats {
     /// Injected faults by kind: "rate_429", "5xx", "garbage", "overlong", "injection",
     /// "wrong_language", "empty", "duplicates".
     pub faults: BTreeMap<String, u64>,
-    /// Chat requests being handled now.
+    /// Model requests being handled now.
     pub in_flight: u64,
     pub max_in_flight: u64,
-    /// The most chat requests that arrived within one whole second since start.
+    /// The most model requests that arrived within one whole second since start.
     pub max_requests_per_second: u64,
     /// CLOVA requests that carried `X-NCP-CLOVASTUDIO-REQUEST-ID`.
     pub clova_request_ids: u64,
