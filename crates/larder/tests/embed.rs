@@ -24,10 +24,13 @@ fn larder(dir: &Path, name: &str, args: &[&str]) -> Command {
 
 async fn serve(dir: &Path, mock: &str) -> Proc {
     let config = dir.join("larder.toml");
+    // A SQLite file: the in-memory DB is one connection that serving shares with the pipeline.
+    let db = dir.join("larder.db").display().to_string();
     std::fs::write(
         &config,
         format!(
             r#"ephemeral = true
+db = "sqlite://{db}"
 
 [pipeline]
 seed_categories = []

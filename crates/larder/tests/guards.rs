@@ -53,8 +53,13 @@ fn mock_llm(dir: &Path) -> Proc {
 /// mock's providers: an OpenAI-compatible and a CLOVA v1 generator, a CLOVA v3 judge.
 async fn serve(dir: &Path, mock: &str, extra: &str, gpt_limits: &str) -> Proc {
     let config = dir.join("larder.toml");
+    // A SQLite file, not the in-memory DB `ephemeral` would pick: that one is a single
+    // connection shared by serving and the pipeline, and under trace logging on a loaded
+    // machine a request could wait on the pipeline past the pool's 10 s acquire timeout.
+    let db = dir.join("larder.db").display().to_string();
     let text = format!(
         r#"ephemeral = true
+db = "sqlite://{db}"
 {extra}
 
 [pipeline]

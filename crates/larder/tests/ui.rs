@@ -20,6 +20,12 @@ async fn serve(dir: &Path) -> Proc {
         .arg("--data-dir")
         .arg(dir)
         .env_remove("LARDER_STORE")
+        // A SQLite file, not the one in-memory connection serving would share with the demo's
+        // pipeline.
+        .env(
+            "LARDER_DB",
+            format!("sqlite://{}", dir.join("larder.db").display()),
+        )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("serve.log")).expect("log"));
