@@ -315,6 +315,16 @@ mod tests {
 
     struct Handle(String, Capture);
 
+    /// The captured value of metric `name` for the `Flaky` provider, with `label` if given.
+    fn flaky_sample(seen: &BTreeMap<String, f64>, name: &str, label: Option<(&str, &str)>) -> f64 {
+        let mut labels = vec!["model=m".to_owned(), "provider=flaky".to_owned()];
+        labels.extend(label.map(|(k, v)| format!("{k}={v}")));
+        labels.sort();
+        seen.get(&format!("{name}{{{}}}", labels.join(",")))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     impl CounterFn for Handle {
         fn increment(&self, value: u64) {
             *self
@@ -491,14 +501,7 @@ mod tests {
             })
         });
         let seen = capture.0.lock().expect("not poisoned").clone();
-        let get = |name: &str, label: Option<(&str, &str)>| {
-            let mut labels = vec!["model=m".to_owned(), "provider=flaky".to_owned()];
-            labels.extend(label.map(|(k, v)| format!("{k}={v}")));
-            labels.sort();
-            seen.get(&format!("{name}{{{}}}", labels.join(",")))
-                .copied()
-                .unwrap_or(0.0)
-        };
+        let get = |name: &str, label: Option<(&str, &str)>| flaky_sample(&seen, name, label);
         // ok: healed, budgeted, chat + embed of by_tokens; retries: 2 + 2 + 1.
         assert_eq!(
             get(names::REQUESTS, Some(("outcome", "ok"))),
@@ -606,14 +609,7 @@ mod tests {
         assert!(ok.is_ok());
         assert!(matches!(failed, Err(ProviderError::RateLimited { .. })));
         let seen = capture.0.lock().expect("not poisoned").clone();
-        let get = |name: &str, label: Option<(&str, &str)>| {
-            let mut labels = vec!["model=m".to_owned(), "provider=flaky".to_owned()];
-            labels.extend(label.map(|(k, v)| format!("{k}={v}")));
-            labels.sort();
-            seen.get(&format!("{name}{{{}}}", labels.join(",")))
-                .copied()
-                .unwrap_or(0.0)
-        };
+        let get = |name: &str, label: Option<(&str, &str)>| flaky_sample(&seen, name, label);
         assert_eq!(
             get(names::REQUESTS, Some(("outcome", "ok"))),
             1.0,
