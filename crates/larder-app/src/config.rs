@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-pub use larder_categories::AdmissionConfig;
+pub use larder_categories::CategoriesConfig;
 pub use larder_pipeline::PipelineConfig;
 pub use larder_url::{DbUrl, StoreUrl};
 use serde::{Deserialize, Serialize};
@@ -52,8 +52,9 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// The in-process near cache of vectors in front of Redis; off when absent.
     pub near_cache: Option<NearCache>,
-    /// Who may create categories, and how many (`max`, `auto_register`, `new_per_minute`).
-    pub categories: AdmissionConfig,
+    /// Who may create categories, and how many (`max`, `auto_register`, `new_per_minute`), and
+    /// similar-category reuse (`reuse_provider`, `reuse_threshold`).
+    pub categories: CategoriesConfig,
 }
 
 /// `near_cache = { max_bytes = N, ttl_ms = N }`.
@@ -168,7 +169,7 @@ impl Default for Config {
             db: None,
             pipeline: Default::default(),
             near_cache: None,
-            categories: AdmissionConfig::default(),
+            categories: CategoriesConfig::default(),
         }
     }
 }
@@ -274,6 +275,25 @@ impl Config {
         }
         if self.categories.max == 0 {
             return Err(ConfigError("categories.max: must be at least 1".into()));
+        }
+        let reuse = &self.categories;
+        if !(reuse.reuse_threshold.is_finite() && (-1.0..=1.0).contains(&reuse.reuse_threshold)) {
+            return Err(ConfigError(format!(
+                "categories.reuse_threshold: a cosine is in -1..=1, got {}",
+                reuse.reuse_threshold
+            )));
+        }
+        if !reuse.reuse_provider.is_empty()
+            && !self
+                .pipeline
+                .providers
+                .iter()
+                .any(|p| p.name == reuse.reuse_provider)
+        {
+            return Err(ConfigError(format!(
+                "categories.reuse_provider: no [[pipeline.providers]] is named {:?}",
+                reuse.reuse_provider
+            )));
         }
         let tokens = self.auth.write_tokens.iter().chain(&self.auth.read_tokens);
         if tokens
@@ -400,5 +420,33 @@ mod tests {
         )
         .expect_err("public bind without tokens");
         assert!(error.0.starts_with("--listen:"), "{}", error.0);
+    }
+
+    #[test]
+    fn reuse_needs_a_known_provider_and_a_cosine_threshold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("larder.toml");
+        let load = |toml: &str| {
+            std::fs::write(&file, toml).expect("write");
+            Config::load(Some(&file), Overrides::default())
+        };
+        let config = load("[categories]\nreuse_provider = \"sim-judge\"\n").expect("valid");
+        assert_eq!(config.categories.reuse_provider, "sim-judge");
+        assert_eq!(
+            config.categories.reuse_threshold,
+            larder_categories::reuse::DEFAULT_THRESHOLD
+        );
+        let error = load("[categories]\nreuse_provider = \"nobody\"\n").expect_err("unknown");
+        assert!(
+            error.0.starts_with("categories.reuse_provider:"),
+            "{}",
+            error.0
+        );
+        let error = load("[categories]\nreuse_threshold = 1.5\n").expect_err("not a cosine");
+        assert!(
+            error.0.starts_with("categories.reuse_threshold:"),
+            "{}",
+            error.0
+        );
     }
 }

@@ -17,7 +17,7 @@ pub mod open;
 use std::sync::Arc;
 
 use larder_broker::Broker;
-use larder_categories::{Admission, Categories, Generations};
+use larder_categories::{Admission, Categories, Generations, Reuse};
 use larder_db::Db;
 use larder_pipeline::runner::PipelineHost;
 use larder_pipeline::{Deps, Stage, StageError, StageKind};
@@ -72,6 +72,7 @@ impl App {
             generations(&db, &broker, &config),
             config.pipeline.rank.ranking(),
             Admission::new(&config.categories, config.auth.is_on()),
+            reuse(&config)?,
         );
         Ok(App {
             config,
@@ -172,6 +173,30 @@ impl Running {
             let _ = tokio::task::spawn_blocking(move || host.stop()).await;
         }
     }
+}
+
+/// Similar-category reuse on the provider `categories.reuse_provider` names, if any.
+fn reuse(config: &Config) -> Result<Option<Reuse>, AppError> {
+    let name = &config.categories.reuse_provider;
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let provider = config
+        .pipeline
+        .providers
+        .iter()
+        .find(|p| &p.name == name)
+        .ok_or_else(|| {
+            StageError::Config(format!(
+                "categories.reuse_provider: no [[pipeline.providers]] is named {name:?}"
+            ))
+        })?;
+    let provider = larder_providers::build(provider)
+        .map_err(|e| StageError::Config(format!("categories.reuse_provider {name:?}: {e}")))?;
+    Ok(Some(Reuse::new(
+        provider,
+        config.categories.reuse_threshold,
+    )))
 }
 
 /// Generation claims on `db`, queued on `broker`.

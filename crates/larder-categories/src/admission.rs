@@ -11,37 +11,12 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use serde::{Deserialize, Serialize};
-
+use crate::config::CategoriesConfig;
 use crate::error::{CategoriesError, Result};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// Distinct clients the rate limiter remembers before it drops the idle ones.
 const REMEMBERED_CLIENTS: usize = 10_000;
-
-/// `[categories]` in the server's configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdmissionConfig {
-    /// The most categories there may be.
-    pub max: u64,
-    /// Whether a read of an unknown category registers it. Unset: yes when no auth tokens are
-    /// configured (v1's open behaviour), no when they are (only writers create categories).
-    pub auto_register: Option<bool>,
-    /// New categories one client (one token, or one address without auth) may register per
-    /// minute; 0 turns the limit off.
-    pub new_per_minute: u32,
-}
-
-impl Default for AdmissionConfig {
-    fn default() -> Self {
-        AdmissionConfig {
-            max: 10_000,
-            auto_register: None,
-            new_per_minute: 60,
-        }
-    }
-}
 
 /// Whether a request creates a category by writing (`PUT`, refresh) or by reading (`GET
 /// …/items` of an unknown name).
@@ -61,7 +36,7 @@ pub struct Admission {
 
 impl Admission {
     /// `auth_on`: whether the server checks tokens (it decides `auto_register`'s default).
-    pub fn new(config: &AdmissionConfig, auth_on: bool) -> Admission {
+    pub fn new(config: &CategoriesConfig, auth_on: bool) -> Admission {
         let rate = NonZeroU32::new(config.new_per_minute);
         Admission {
             max: config.max,
@@ -121,10 +96,11 @@ mod tests {
     use super::*;
 
     fn admission(max: u64, auto_register: Option<bool>, per_minute: u32, auth: bool) -> Admission {
-        let config = AdmissionConfig {
+        let config = CategoriesConfig {
             max,
             auto_register,
             new_per_minute: per_minute,
+            ..CategoriesConfig::default()
         };
         Admission::new(&config, auth)
     }

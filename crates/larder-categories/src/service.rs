@@ -21,7 +21,8 @@ use crate::model::{
 };
 use crate::now_ms;
 use crate::ranking::{position_weight, score_interval, served_score, Evidence, Ranking};
-use crate::views::Views;
+use crate::reuse::Reuse;
+use crate::views::{Served, Views};
 
 /// The longest a request may wait for a pending category's first items.
 pub const MAX_WAIT_MS: u64 = 30_000;
@@ -51,6 +52,8 @@ pub struct Categories {
     generations: Generations,
     ranking: Ranking,
     admission: Admission,
+    /// Similar-category reuse, when `categories.reuse_provider` is set.
+    reuse: Option<Reuse>,
     views: Arc<Views>,
     dirty: Mutex<HashSet<String>>,
     dirty_notify: Notify,
@@ -63,12 +66,14 @@ impl Categories {
         generations: Generations,
         ranking: Ranking,
         admission: Admission,
+        reuse: Option<Reuse>,
     ) -> Arc<Categories> {
         Arc::new(Categories {
             db,
             generations,
             ranking,
             admission,
+            reuse,
             views: Arc::new(Views::new(store)),
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
@@ -184,13 +189,8 @@ impl Categories {
             let changes = self.views.announcements();
             let lookup = self.views.view(category).await?;
             if let Some(served) = lookup.view.filter(|s| !s.view.items.is_empty()) {
-                let body = if explore {
-                    let mut rng = rand::rng();
-                    served.render(served.view.sample_indices(limit, &mut rng).into_iter())
-                } else {
-                    served.render(0..limit.min(served.view.items.len()))
-                };
-                return Ok(ItemsAnswer::Ready(body));
+                let positions = shown(&served, limit, explore);
+                return Ok(ItemsAnswer::Ready(served.render(positions.into_iter())));
             }
             if lookup.loaded {
                 self.ensure_and_queue(category, "requested", None, (client, Via::Read))
@@ -201,6 +201,14 @@ impl Categories {
                 // The view cache remembers that there is no view, not whether the category
                 // exists: without registering reads, every read of an unknown name is a 404.
                 self.admission.admit(client, Via::Read, 0, category)?;
+            }
+            // Registered and cold: a similar category's pool serves at once, flagged, rather
+            // than a wait for this one's.
+            if let Some(borrowed) = self.borrowed(category).await {
+                let positions = shown(&borrowed, limit, explore);
+                return Ok(ItemsAnswer::Ready(
+                    borrowed.render_borrowed(category, positions.into_iter()),
+                ));
             }
             if Instant::now() >= deadline {
                 break;
@@ -359,6 +367,24 @@ impl Categories {
         }
     }
 
+    /// The ready view of the category cold `category` may borrow from (similar-category
+    /// reuse), if reuse is on and one is similar enough.
+    async fn borrowed(&self, category: &str) -> Option<Arc<Served>> {
+        let published = self.views.published();
+        let source = self
+            .reuse
+            .as_ref()?
+            .source(&self.db, category, published)
+            .await?;
+        match self.views.view(&source).await {
+            Ok(lookup) => lookup.view.filter(|s| !s.view.items.is_empty()),
+            Err(error) => {
+                tracing::debug!(category, source, %error, "cannot read the view to borrow");
+                None
+            }
+        }
+    }
+
     /// The one "register the category if missing, then queue generation" (new categories at
     /// once, others after `min_gap_ms` or the cooldown). `client` asks, by reading or writing.
     async fn ensure_and_queue(
@@ -417,6 +443,15 @@ impl Categories {
     /// Follow the store's view announcements for as long as the server runs.
     pub async fn follow_announcements(self: Arc<Self>) {
         self.views.clone().follow_announcements().await
+    }
+}
+
+/// The view positions one answer shows: a Thompson sample when exploring, else the top.
+fn shown(served: &Served, limit: usize, explore: bool) -> Vec<usize> {
+    if explore {
+        served.view.sample_indices(limit, &mut rand::rng())
+    } else {
+        (0..limit.min(served.view.items.len())).collect()
     }
 }
 

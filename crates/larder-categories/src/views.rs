@@ -65,8 +65,27 @@ impl Served {
 
     /// The `200` body listing the items at `positions`, in that order.
     pub fn render(&self, positions: impl Iterator<Item = usize>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.head.len() + 64 * 16);
-        out.extend_from_slice(self.head.as_bytes());
+        self.render_with(&self.head, positions)
+    }
+
+    /// The `200` body of the cold category `category` answered with this view's items, flagged
+    /// with the category they are borrowed from.
+    pub fn render_borrowed(
+        &self,
+        category: &str,
+        positions: impl Iterator<Item = usize>,
+    ) -> Vec<u8> {
+        let head = format!(
+            "{{\"category\":{},\"status\":\"pending\",\"borrowed_from\":{},\"items\":[",
+            serde_json::Value::from(category),
+            serde_json::Value::from(self.view.category.as_str())
+        );
+        self.render_with(&head, positions)
+    }
+
+    fn render_with(&self, head: &str, positions: impl Iterator<Item = usize>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(head.len() + 64 * 16);
+        out.extend_from_slice(head.as_bytes());
         for (n, position) in positions.enumerate() {
             if let Some(item) = self.items.get(position) {
                 if n > 0 {
@@ -153,6 +172,11 @@ impl Views {
             );
         }
         Ok(Lookup { view, loaded: true })
+    }
+
+    /// How many announcements there were so far (any category).
+    pub fn published(&self) -> u64 {
+        *self.announced.borrow()
     }
 
     /// Announcements from now on; take this *before* looking at a view, so that one made

@@ -80,6 +80,7 @@ impl LarderEngine {
             generations,
             ranking,
             Admission::open(),
+            None,
         );
 
         db.register_category(CATEGORY, None, None, 0).await?;

@@ -7,6 +7,7 @@ mod load;
 mod lookup;
 mod pipeline;
 mod ranking;
+mod reuse;
 mod upsert;
 
 use clap::Subcommand;
@@ -65,6 +66,9 @@ pub enum BenchCommand {
     Upsert(upsert::UpsertArgs),
     /// Ranking quality: simulated users, regret against other policies (no server needed).
     Ranking(ranking::RankingArgs),
+    /// Similar-category reuse: precision and recall of a reuse threshold for one embedding
+    /// provider on labelled category pairs, and the threshold to set (no server needed).
+    Reuse(reuse::ReuseArgs),
 }
 
 pub async fn run(command: BenchCommand) -> i32 {
@@ -75,6 +79,7 @@ pub async fn run(command: BenchCommand) -> i32 {
         BenchCommand::Upsert(args) => upsert::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Ranking(args) => ranking::run(args).await,
+        BenchCommand::Reuse(args) => reuse::run(args).await,
     };
     match out {
         Ok(()) => 0,
