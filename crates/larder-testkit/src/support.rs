@@ -5,7 +5,7 @@
 //! Errors are [`SupportError`] so that the benches can report them; tests `expect` them.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,11 @@ pub enum SupportError {
     },
     #[error("no free port: {0}")]
     NoPort(std::io::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read {url}: {source}")]
     Http { url: String, source: reqwest::Error },
 }
@@ -155,6 +160,42 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `larder serve --config DIR/larder.toml --listen 127.0.0.1:PORT --grpc-listen off`, with
+/// `config` written to that file, on a free port, once its `/readyz` answers. `larder` is the
+/// binary's command with its environment and output already set (its stderr going to `log`).
+pub async fn serve_config(
+    mut larder: Command,
+    dir: &Path,
+    config: &str,
+    log: Option<PathBuf>,
+) -> Result<Proc, SupportError> {
+    let path = dir.join("larder.toml");
+    std::fs::write(&path, config).map_err(|source| SupportError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    let port = free_port()?;
+    larder
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "off",
+        ])
+        .stdin(Stdio::null());
+    Proc::ready(
+        larder,
+        "serve",
+        format!("http://127.0.0.1:{port}"),
+        log,
+        Duration::from_secs(30),
+    )
+    .await
 }
 
 /// A free loopback port (bound and released; the OS does not hand it out again at once).

@@ -23,13 +23,10 @@ fn larder(dir: &Path, name: &str, args: &[&str]) -> Command {
 }
 
 async fn serve(dir: &Path, mock: &str) -> Proc {
-    let config = dir.join("larder.toml");
     // A SQLite file: the in-memory DB is one connection that serving shares with the pipeline.
     let db = dir.join("larder.db").display().to_string();
-    std::fs::write(
-        &config,
-        format!(
-            r#"ephemeral = true
+    let config = format!(
+        r#"ephemeral = true
 db = "sqlite://{db}"
 
 [pipeline]
@@ -64,33 +61,12 @@ kind = "openai"
 base_url = "{mock}/v1"
 model = "text-embedding-mock"
 "#
-        ),
-    )
-    .expect("config");
-    let port = support::free_port().expect("port");
-    let mut command = larder(
-        dir,
-        "serve",
-        &[
-            "serve",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-listen",
-            "off",
-        ],
     );
+    let mut command = larder(dir, "serve", &[]);
     command.stdout(Stdio::null());
-    Proc::ready(
-        command,
-        "serve",
-        format!("http://127.0.0.1:{port}"),
-        Some(dir.join("serve.log")),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::serve_config(command, dir, &config, Some(dir.join("serve.log")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn json(request: reqwest::RequestBuilder) -> (u16, Value) {

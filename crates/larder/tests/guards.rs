@@ -4,7 +4,7 @@
 //! API key shows up in the logs (at trace level), in `/metrics` or in an answer.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use larder_testkit::support::{self, Proc};
@@ -52,7 +52,6 @@ fn mock_llm(dir: &Path) -> Proc {
 /// `larder serve` on the embedded store with `extra` TOML (auth, categories, limits) and the
 /// mock's providers: an OpenAI-compatible and a CLOVA v1 generator, a CLOVA v3 judge.
 async fn serve(dir: &Path, mock: &str, extra: &str, gpt_limits: &str) -> Proc {
-    let config = dir.join("larder.toml");
     // A SQLite file, not the in-memory DB `ephemeral` would pick: that one is a single
     // connection shared by serving and the pipeline, and under trace logging on a loaded
     // machine a request could wait on the pipeline past the pool's 10 s acquire timeout.
@@ -98,31 +97,10 @@ api_key_env = "TEST_CLOVA_KEY"
 limits = {{ max_retries = 1, backoff_base_ms = 50 }}
 "#
     );
-    std::fs::write(&config, text).expect("write config");
-    let port = support::free_port().expect("free port");
-    let (mut command, log) = larder(
-        dir,
-        "serve",
-        &[
-            "serve",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-listen",
-            "off",
-        ],
-    );
-    command.stdin(Stdio::null());
-    Proc::ready(
-        command,
-        "serve",
-        format!("http://127.0.0.1:{port}"),
-        Some(log),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    let (command, log) = larder(dir, "serve", &[]);
+    support::serve_config(command, dir, &text, Some(log))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every answer a test got, to search for secrets afterwards.

@@ -18,12 +18,9 @@ use larder_testkit::support::{self, Proc};
 use serde_json::{json, Value};
 
 async fn serve(dir: &Path, mock: &str) -> Proc {
-    let config = dir.join("larder.toml");
     let db = dir.join("larder.db").display().to_string();
-    std::fs::write(
-        &config,
-        format!(
-            r#"ephemeral = true
+    let config = format!(
+        r#"ephemeral = true
 db = "sqlite://{db}"
 
 [categories]
@@ -57,33 +54,15 @@ kind = "openai"
 base_url = "{mock}"
 model = "text-embedding-mock"
 "#
-        ),
-    )
-    .expect("config");
-    let port = support::free_port().expect("port");
+    );
     let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
     command
-        .args([
-            "serve",
-            "--config",
-            config.to_str().expect("utf-8"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-listen",
-            "off",
-        ])
         .env("RUST_LOG", "info,larder_categories=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("serve.log")).expect("log"));
-    Proc::ready(
-        command,
-        "serve",
-        format!("http://127.0.0.1:{port}"),
-        Some(dir.join("serve.log")),
-        Duration::from_secs(30),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"))
+    support::serve_config(command, dir, &config, Some(dir.join("serve.log")))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn json(request: reqwest::RequestBuilder) -> (u16, Value) {
