@@ -58,7 +58,8 @@ pub async fn run(args: ReuseArgs) -> Result<(), BenchError> {
         .map_err(|_| BenchError::Failed("the configuration did not load".into()))?;
     let provider = provider(&config, args.provider.as_deref())?;
     let text = match &args.pairs {
-        Some(path) => std::fs::read_to_string(path)?,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| BenchError::Failed(format!("--pairs {}: {e}", path.display())))?,
         None => pairs::SHIPPED.to_owned(),
     };
     let labelled = pairs::parse(&text)?;
