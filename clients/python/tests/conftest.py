@@ -53,8 +53,9 @@ def _free_port() -> int:
 
 
 def _server_env() -> dict:
-    # Every LARDER_* variable is read as configuration by the server (LARDER_BIN would be an
-    # unknown key "bin"), so none of the caller's reach it.
+    # None of the caller's LARDER_* variables reach the server: those under a config key
+    # (LARDER_STORE, LARDER_DB, ...) would point the test server at the caller's stores, and the
+    # others (LARDER_BIN) would each be logged as ignored.
     return {k: v for k, v in os.environ.items() if not k.startswith("LARDER_")}
 
 

@@ -224,6 +224,53 @@ pub struct Overrides {
     pub backup: Option<String>,
 }
 
+/// The `LARDER_*` environment variables that configure Larder: those whose first segment
+/// (before `__`) names a top-level key of [`Config`]. Any other `LARDER_*` variable (a script's
+/// `LARDER_BIN`, say) is not Larder's configuration: it is skipped with a warning naming it,
+/// rather than refused as an unknown key and stopping the server. Variables under a known key
+/// are still read and checked, so `LARDER_LIMITS__NO_SUCH_LIMIT` is still an error.
+fn larder_env() -> Env {
+    let known = top_level_keys();
+    let skipped = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter_map(|name| {
+            let key = name.strip_prefix("LARDER_")?;
+            (!known.contains(&first_segment(key))).then_some(name)
+        });
+    for name in skipped {
+        tracing::warn!(
+            variable = %name,
+            "ignoring environment variable {name}: it names no config key (known: {})",
+            known.join(", ")
+        );
+    }
+    Env::prefixed("LARDER_")
+        .filter(move |key| known.contains(&first_segment(key.as_str())))
+        .split("__")
+}
+
+/// `limits` for `LIMITS__MAX_LOOKUP_KEYS`, lowercased as figment reads environment keys.
+fn first_segment(key: &str) -> String {
+    key.split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// The top-level keys of [`Config`], read from its own serialization so they cannot drift
+/// from the struct. Optional sections are filled in first, as `None` serializes to nothing.
+fn top_level_keys() -> Vec<String> {
+    let full = Config {
+        near_cache: Some(NearCache::default()),
+        ..Config::default()
+    };
+    match figment::value::Value::serialize(full) {
+        Ok(figment::value::Value::Dict(_, dict)) => dict.into_keys().collect(),
+        // Config is a struct of named fields: it always serializes to a dict.
+        _ => Vec::new(),
+    }
+}
+
 /// A config error, already phrased for a one-line message on stderr.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -243,7 +290,7 @@ impl Config {
             figment = figment.merge(Toml::file(file));
         }
         let config: Config = figment
-            .merge(Env::prefixed("LARDER_").split("__"))
+            .merge(larder_env())
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError(describe(e)))?;
@@ -375,6 +422,30 @@ fn describe(error: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_keys_are_matched_on_the_first_segment_against_every_top_level_key() {
+        let known = top_level_keys();
+        for key in [
+            "listen",
+            "store",
+            "limits",
+            "near_cache",
+            "categories",
+            "pipeline",
+            "db",
+        ] {
+            assert!(
+                known.iter().any(|k| k == key),
+                "{key} missing from {known:?}"
+            );
+        }
+        assert!(!known.iter().any(|k| k == "bin"), "{known:?}");
+        assert_eq!(first_segment("LIMITS__MAX_LOOKUP_KEYS"), "limits");
+        assert_eq!(first_segment("NEAR_CACHE__TTL_MS"), "near_cache");
+        assert_eq!(first_segment("BIN"), "bin");
+        assert!(!known.contains(&first_segment("SCRIPT_BIN")));
+    }
 
     #[test]
     fn later_sources_win_and_bad_values_name_the_key() {

@@ -148,10 +148,16 @@ impl App {
             )
         };
         self.categories.seed(&pipeline.seed_categories).await;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(self.categories.clone().follow_announcements()),
             tokio::spawn(self.categories.clone().rank_dirty()),
         ];
+        if self.broker.kind() != "memory" {
+            // Stages may run in other processes: stream theirs on `GET /v1/events` too, and
+            // hand this process's to other `serve`s.
+            tasks.push(larder_pipeline::events::relay_out(self.broker.clone()));
+            tasks.push(larder_pipeline::events::relay_in(self.broker.clone()));
+        }
         tracing::info!(db = self.db.kind(), broker = self.broker.kind(), stages = ?pipeline.stages, "pipeline ready");
         Ok(Running { host, tasks })
     }

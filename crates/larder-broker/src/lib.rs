@@ -15,7 +15,8 @@
 //! - `redis_streams/`: Redis Streams with consumer groups. `mod.rs` is the broker (publish,
 //!   backlog, dead letters), `conn.rs` the connections (one shared connection for quick commands,
 //!   one dedicated connection per subscription for the blocking read), `subscription.rs` the
-//!   consumer loop (reclaim → dead-letter → read), `reply.rs` the parsing of stream replies.
+//!   consumer loop (reclaim → dead-letter → read), `broadcast.rs` the fan-out topics (every
+//!   listener reads the whole stream), `reply.rs` the parsing of stream replies.
 //!
 //! Redis key names come from `larder_store::keys` only: the queue into stage `S` is the stream
 //! `larder:q:S` read by the group `larder`, its dead letters go to `larder:dlq:S`.
@@ -83,6 +84,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Dead-lettered messages of `stage` (oldest first, at most `limit`), each with the id it
     /// had in the queue and how often it was delivered before it was given up on.
     async fn dead_letters(&self, stage: &str, limit: usize) -> Result<Vec<Delivery>, BrokerError>;
+    /// Fan-out, unlike [`Broker::publish`]: every listener of `topic` gets `payload`. For what
+    /// people watch (the pipeline events of every process), not for work: bounded (Redis keeps
+    /// the last 1000 per topic in the stream `larder:bc:{topic}`), and a listener that falls
+    /// further behind skips the oldest.
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError>;
+    /// Every payload broadcast on `topic` from now on, from any process on this broker, until
+    /// the stream is dropped. Fails when the broker cannot be reached now; later outages are
+    /// ridden out (Redis: the reading resumes after the last entry read).
+    async fn listen(
+        &self,
+        topic: &str,
+    ) -> Result<futures::stream::BoxStream<'static, Vec<u8>>, BrokerError>;
 }
 
 #[async_trait::async_trait]

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio::sync::broadcast;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 
 use crate::metrics::{self, ACKED, DEAD_LETTERED, DELIVERED, PUBLISHED};
@@ -65,6 +67,8 @@ impl Stage {
 
 pub(crate) struct MemoryBroker {
     stages: Mutex<HashMap<String, Arc<Stage>>>,
+    /// One broadcast channel per topic of [`Broker::broadcast`].
+    topics: Mutex<HashMap<String, broadcast::Sender<Vec<u8>>>>,
     next_id: AtomicU64,
     max_deliveries: u64,
 }
@@ -75,6 +79,7 @@ impl MemoryBroker {
     pub(crate) fn new(options: BrokerOptions) -> MemoryBroker {
         MemoryBroker {
             stages: Mutex::new(HashMap::new()),
+            topics: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_deliveries: options.max_deliveries.max(1),
         }
@@ -87,7 +92,19 @@ impl MemoryBroker {
             .or_insert_with(|| Arc::new(Stage::new(name, self.max_deliveries)))
             .clone()
     }
+
+    fn topic(&self, name: &str) -> broadcast::Sender<Vec<u8>> {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        topics
+            .entry(name.to_owned())
+            .or_insert_with(|| broadcast::channel(TOPIC_CAPACITY).0)
+            .clone()
+    }
 }
+
+/// Broadcasts a listener may fall behind by before it skips the oldest (as the Redis stream
+/// keeps only its last entries).
+const TOPIC_CAPACITY: usize = 1024;
 
 #[async_trait]
 impl Broker for MemoryBroker {
@@ -133,6 +150,25 @@ impl Broker for MemoryBroker {
         let stage = self.stage(stage);
         let unacked = stage.unacked().len() as u64;
         Ok(stage.queued.load(Ordering::SeqCst) + unacked)
+    }
+
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        // An error only means nobody listens.
+        let _ = self.topic(topic).send(payload.to_vec());
+        Ok(())
+    }
+
+    async fn listen(&self, topic: &str) -> Result<BoxStream<'static, Vec<u8>>, BrokerError> {
+        let rx = self.topic(topic).subscribe();
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(payload) => return Some((payload, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })))
     }
 
     async fn dead_letters(&self, stage: &str, limit: usize) -> Result<Vec<Delivery>, BrokerError> {

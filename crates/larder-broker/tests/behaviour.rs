@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{BoxStream, StreamExt};
 use larder_broker::{Broker, BrokerOptions, Delivery, Subscription};
 use larder_store::keys;
 use larder_store::redis_backend::slots::slot_for_key;
@@ -51,6 +52,7 @@ async fn suite(target: &Target) {
     messages_published_before_subscribing_are_delivered(target).await;
     backlog_counts_queued_and_unacked(target).await;
     blocking_next_does_not_delay_publish_or_ack(target).await;
+    every_listener_gets_every_broadcast(target).await;
     match target {
         Target::Memory => {
             unacked_messages_are_not_redelivered_in_memory(target).await;
@@ -431,6 +433,52 @@ async fn poison_messages_end_in_dead_letters(target: &Target) {
     sub.ack(&d.id).await.expect("ack");
 }
 
+/// The next broadcast payload of `listener`, as text, within 5 s.
+async fn heard(listener: &mut BoxStream<'static, Vec<u8>>) -> String {
+    let payload = tokio::time::timeout(Duration::from_secs(5), listener.next())
+        .await
+        .expect("a broadcast within 5 s")
+        .expect("the listener stays open");
+    String::from_utf8(payload).expect("utf-8 payload")
+}
+
+/// Fan-out, unlike the stage queues: two listeners (on two brokers, i.e. two processes, where
+/// the target is shared) each get every broadcast, in order; a later listener starts from
+/// then on.
+async fn every_listener_gets_every_broadcast(target: &Target) {
+    let (a, b) = (target.broker(fast()).await, target.broker(fast()).await);
+    // In memory, a broker is one process: both listeners are on the one broker.
+    let b = match target {
+        Target::Memory => a.clone(),
+        Target::Redis(_) => b,
+    };
+    let mut first = a.listen("t-fanout").await.expect("listen");
+    let mut second = b.listen("t-fanout").await.expect("listen");
+    for n in 0..3 {
+        b.broadcast("t-fanout", format!("m{n}").as_bytes())
+            .await
+            .expect("broadcast");
+    }
+    for listener in [&mut first, &mut second] {
+        for n in 0..3 {
+            assert_eq!(heard(listener).await, format!("m{n}"));
+        }
+    }
+    let mut later = a.listen("t-fanout").await.expect("listen");
+    a.broadcast("t-fanout", b"m3").await.expect("broadcast");
+    assert_eq!(
+        heard(&mut later).await,
+        "m3",
+        "only what came after it listened"
+    );
+    assert_eq!(heard(&mut first).await, "m3");
+    // Topics are apart.
+    a.broadcast("t-other", b"x").await.expect("broadcast");
+    a.broadcast("t-fanout", b"m4").await.expect("broadcast");
+    assert_eq!(heard(&mut second).await, "m3");
+    assert_eq!(heard(&mut second).await, "m4");
+}
+
 #[tokio::test]
 async fn memory_suite() {
     let target = Target::Memory;
@@ -440,7 +488,7 @@ async fn memory_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_suite() {
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let target = Target::Redis(redis.url());
     let broker = target.broker(fast()).await;
     assert_eq!(broker.kind(), "redis-streams");
@@ -457,6 +505,34 @@ async fn redis_suite() {
         sub.ack("not-an-id").await,
         Err(larder_broker::BrokerError::InvalidId(_))
     ));
+
+    // Broadcasts are bounded: the stream keeps about the last 1000.
+    for n in 0..1500 {
+        broker
+            .broadcast("t-bounded", format!("{n}").as_bytes())
+            .await
+            .expect("broadcast");
+    }
+    let len: u64 = redis
+        .cli(&["xlen", &keys::broadcast_stream("t-bounded")])
+        .parse()
+        .expect("xlen");
+    assert!((1000..1500).contains(&len), "{len}");
+
+    // A listener rides out a restart of Redis (which loses every stream: --save "").
+    let mut listener = broker.listen("t-restart").await.expect("listen");
+    broker
+        .broadcast("t-restart", b"before")
+        .await
+        .expect("broadcast");
+    assert_eq!(heard(&mut listener).await, "before");
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.broadcast("t-restart", b"after").await.is_err() {
+        assert!(Instant::now() < deadline, "the broker never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(heard(&mut listener).await, "after");
 }
 
 #[tokio::test]

@@ -69,6 +69,12 @@ pub fn dead_letter_stream(stage: &str) -> String {
     format!("larder:dlq:{stage}")
 }
 
+/// `larder:bc:{topic}`: a bounded stream every listener of `topic` reads in full (fan-out, no
+/// consumer group), e.g. the pipeline events of worker processes for the operator page.
+pub fn broadcast_stream(topic: &str) -> String {
+    format!("larder:bc:{topic}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

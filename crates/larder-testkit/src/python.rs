@@ -40,3 +40,22 @@ pub fn venv(dir: &Path, packages: &[&str]) -> PathBuf {
     std::fs::write(&stamp, wanted).unwrap_or_else(|e| panic!("write {}: {e}", stamp.display()));
     python
 }
+
+/// Runs `script` (a Selenium check of the operator page, which imports `chromium.py` beside
+/// it) with `args` in a virtualenv under `tmp` holding Selenium, against Debian's headless
+/// Chromium, and returns its output. Panics when Chromium, its WebDriver or the virtualenv is
+/// missing: a browser test must not pass without a browser.
+pub fn chromium_check(tmp: &Path, script: &Path, args: &[&str]) -> std::process::Output {
+    for binary in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        assert!(
+            Path::new(binary).exists(),
+            "{binary} is missing: scripts/test installs Debian's chromium and chromium-driver"
+        );
+    }
+    let python = venv(&tmp.join("venv-ui"), &["selenium==4.27.1"]);
+    Command::new(python)
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()))
+}

@@ -43,6 +43,12 @@ pub enum SupportError {
     },
     #[error("cannot read {url}: {source}")]
     Http { url: String, source: reqwest::Error },
+    #[error("{url} is not an event stream: {status} {content_type}")]
+    NotEvents {
+        url: String,
+        status: reqwest::StatusCode,
+        content_type: String,
+    },
 }
 
 /// A child process, SIGKILLed and reaped on drop (also when a test panics).
@@ -248,6 +254,76 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A Server-Sent Events client over a real HTTP response (`GET /v1/events`): the stream's
+/// `(event name, data)` pairs, one per blank-line-ended block.
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+    parsed: std::collections::VecDeque<(String, String)>,
+}
+
+impl Sse {
+    /// `GET url` as an event stream; fails unless it answers 200 `text/event-stream`.
+    pub async fn open(client: &reqwest::Client, url: &str) -> Result<Sse, SupportError> {
+        let response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|source| SupportError::Http {
+                url: url.to_owned(),
+                source,
+            })?;
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if response.status() != 200 || content_type != "text/event-stream" {
+            return Err(SupportError::NotEvents {
+                url: url.to_owned(),
+                status: response.status(),
+                content_type,
+            });
+        }
+        Ok(Sse {
+            response,
+            buffer: String::new(),
+            parsed: Default::default(),
+        })
+    }
+
+    /// The next event, waiting at most `within` for it; `None` when the stream ended or no
+    /// event came that long.
+    pub async fn next(&mut self, within: std::time::Duration) -> Option<(String, String)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(event) = self.parsed.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut name, mut data) = ("message".to_owned(), Vec::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if !data.is_empty() {
+                    self.parsed.push_back((name, data.join("\n")));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

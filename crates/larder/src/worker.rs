@@ -149,6 +149,8 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
         store = store.backend(),
         "worker started"
     );
+    // This stage's events, for the operator page of every `serve` (`GET /v1/events`).
+    let relay = larder_pipeline::events::relay_out(broker.clone());
     let running = tokio::spawn(larder_pipeline::runner::run_stage(
         stage_impl,
         broker,
@@ -166,6 +168,7 @@ async fn work(stage: StageKind, config: Config, listen: SocketAddr) -> Result<()
     {
         tracing::warn!("jobs still running after 10 s were abandoned to redelivery");
     }
+    relay.abort();
     let _ = server.await;
     Ok(())
 }

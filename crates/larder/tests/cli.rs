@@ -5,17 +5,24 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn larder(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_larder"))
-        .args(args)
-        .env_remove("LARDER_STORE")
-        .env_remove("LARDER_DB")
-        .output()
-        .expect("run larder")
+/// `larder args` with `env` added to a copy of this environment that has no `LARDER_*`.
+fn larder(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_larder"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("LARDER_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command.output().expect("run larder")
 }
 
 fn one_line_error(args: &[&str], mentions: &str) {
-    let out = larder(args);
+    one_line_error_with(args, &[], mentions);
+}
+
+fn one_line_error_with(args: &[&str], env: &[(&str, &str)], mentions: &str) {
+    let out = larder(args, env);
     assert_eq!(out.status.code(), Some(2), "{args:?} exits 2");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -54,11 +61,24 @@ fn bad_flags_and_values_exit_2_with_one_line() {
         &["serve", "--config", config.to_str().expect("utf-8")],
         "max_lookup_keys",
     );
+    // Variables under a config key are read and checked: a bad value and an unknown nested
+    // key both stop the command.
+    let dump = ["inspect", "--namespace", "x"];
+    one_line_error_with(
+        &dump,
+        &[("LARDER_LIMITS__MAX_LOOKUP_KEYS", "-3")],
+        "max_lookup_keys",
+    );
+    one_line_error_with(
+        &dump,
+        &[("LARDER_LIMITS__NO_SUCH_LIMIT", "3")],
+        "no_such_limit",
+    );
 }
 
 #[test]
 fn serve_help_documents_every_flag() {
-    let out = larder(&["serve", "--help"]);
+    let out = larder(&["serve", "--help"], &[]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -85,18 +105,27 @@ fn serve_answers_then_drains_on_sigterm() {
             "--grpc-listen",
             "127.0.0.1:0",
         ])
+        // A `LARDER_*` variable that names no config key (a script's own) is not Larder's:
+        // serve warns about it and starts.
+        .env("LARDER_SCRIPT_BIN", "/usr/bin/true")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn serve");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut warned = false;
     loop {
         let line = lines
             .next()
             .expect("serve logs before exiting")
             .expect("utf-8 log");
+        warned |= line.contains("WARN") && line.contains("LARDER_SCRIPT_BIN");
         if line.contains("larder listening") {
+            assert!(
+                warned,
+                "serve names the ignored LARDER_SCRIPT_BIN before listening"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "serve did not start");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use larder_testkit::support::{self, Proc};
+use larder_testkit::support::{self, Proc, Sse};
 use larder_testkit::RedisServer;
 use serde_json::{json, Value};
 
@@ -191,6 +191,10 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
         .map(|stage| worker(dir.path(), &config, stage, 0))
         .collect();
     let client = reqwest::Client::new();
+    // The stages run in the worker processes; serve's event stream relays theirs.
+    let mut events = Sse::open(&client, &format!("{}/v1/events", server.url))
+        .await
+        .expect("GET /v1/events");
 
     let category = "이사 준비";
     let resp = client
@@ -247,6 +251,34 @@ async fn workers_on_redis_streams_serve_ranked_items_and_feedback_survives_resta
     };
     assert!(items.len() >= 5, "{items:?}");
     assert_eq!(generators, both);
+    let mut seen = HashSet::new();
+    let wanted: HashSet<String> = ["generate", "filter", "evaluate", "rank"]
+        .iter()
+        .flat_map(|stage| {
+            [
+                format!("stage {stage} started"),
+                format!("stage {stage} finished"),
+            ]
+        })
+        .chain(["filtered".to_owned(), "view".to_owned()])
+        .collect();
+    while !wanted.is_subset(&seen) {
+        let Some((name, data)) = events.next(Duration::from_secs(20)).await else {
+            panic!("worker events missing from serve's /v1/events: saw {seen:?}");
+        };
+        let data: Value = serde_json::from_str(&data).expect("JSON event");
+        if data["category"] != category {
+            continue;
+        }
+        seen.insert(match name.as_str() {
+            "stage" => format!(
+                "stage {} {}",
+                data["stage"].as_str().unwrap_or("?"),
+                data["state"].as_str().unwrap_or("?")
+            ),
+            other => other.to_owned(),
+        });
+    }
     // The jobs went through Redis Streams and were all acknowledged.
     assert!(redis_int(&redis, &["XLEN", "larder:q:generate"]) >= 1);
     for stage in ["generate", "filter", "evaluate", "rank"] {

@@ -6,7 +6,8 @@
 //!
 //! The providers are Larder's mock server (OpenAI wire format, its `/v1/embeddings` gives the
 //! offline hashed n-gram vectors). While the cold categories are checked the mock answers
-//! every chat with garbage, so they stay cold for as long as the test looks at them.
+//! every chat with garbage, so they stay cold for as long as the test looks at them. Headless
+//! Chromium checks that the operator page shows the borrow (`tests/python/ui_borrowed.py`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -215,6 +216,28 @@ async fn a_cold_category_borrows_the_pool_of_a_near_identical_one_until_its_own_
     assert!(counter(&metrics, "borrowed") >= 1, "{metrics}");
     assert!(counter(&metrics, "none") >= 2, "{metrics}");
     assert_eq!(counter(&metrics, "error"), 0, "{metrics}");
+
+    // The operator page says the cold category is pending and links the category it borrows
+    // from (headless Chromium, tests/python/ui_borrowed.py).
+    let out = tokio::task::spawn_blocking({
+        let base = server.url.clone();
+        move || {
+            larder_testkit::python::chromium_check(
+                Path::new(env!("CARGO_TARGET_TMPDIR")),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ui_borrowed.py"),
+                &[&base, "이사 체크", "moving house"],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("ok: "),
+        "{stdout}\n{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log_text()
+    );
 
     // Healthy again: a refresh makes the category's own pool, served unflagged.
     mock.set_config(MockConfig::default());

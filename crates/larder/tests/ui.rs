@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use larder_testkit::support::{self, Proc};
+use larder_testkit::support::{self, Proc, Sse};
 use serde_json::Value;
 
 async fn serve(dir: &Path) -> Proc {
@@ -40,41 +40,14 @@ async fn serve(dir: &Path) -> Proc {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Server-Sent Events parsed from a byte stream: `(event name, data)` per blank-line block.
-fn sse_blocks(buffer: &mut String) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    while let Some(end) = buffer.find("\n\n") {
-        let block: String = buffer.drain(..end + 2).collect();
-        let (mut name, mut data) = ("message".to_owned(), Vec::new());
-        for line in block.lines() {
-            if let Some(v) = line.strip_prefix("event:") {
-                name = v.trim().to_owned();
-            } else if let Some(v) = line.strip_prefix("data:") {
-                data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
-            }
-        }
-        if !data.is_empty() {
-            out.push((name, data.join("\n")));
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_reports_a_generation_from_start_to_published_view() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve(dir.path()).await;
     let client = reqwest::Client::new();
-    let mut response = client
-        .get(format!("{}/v1/events", server.url))
-        .send()
+    let mut events = Sse::open(&client, &format!("{}/v1/events", server.url))
         .await
-        .expect("events");
-    assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().expect("ascii"),
-        "text/event-stream"
-    );
+        .expect("GET /v1/events is an event stream");
     let category = "sse 점검";
     let refresh = client
         .post(format!(
@@ -87,27 +60,22 @@ async fn the_event_stream_reports_a_generation_from_start_to_published_view() {
         .expect("refresh");
     assert_eq!(refresh.status(), 202);
 
-    let mut buffer = String::new();
     let mut seen: Vec<(String, Value)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    'read: while Instant::now() < deadline {
-        let chunk = tokio::time::timeout(Duration::from_secs(30), response.chunk())
+    while Instant::now() < deadline {
+        let (name, data) = events
+            .next(Duration::from_secs(30))
             .await
-            .expect("an event or a keep-alive within 30 s")
-            .expect("chunk")
-            .expect("the stream stays open");
-        buffer.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
-        for (name, data) in sse_blocks(&mut buffer) {
-            let data: Value = serde_json::from_str(&data).expect("data is JSON");
-            // The rank stage publishes the view, then finishes its job.
-            let done = name == "stage"
-                && data["category"] == category
-                && data["stage"] == "rank"
-                && data["state"] == "finished";
-            seen.push((name, data));
-            if done {
-                break 'read;
-            }
+            .expect("an event within 30 s");
+        let data: Value = serde_json::from_str(&data).expect("data is JSON");
+        // The rank stage publishes the view, then finishes its job.
+        let done = name == "stage"
+            && data["category"] == category
+            && data["stage"] == "rank"
+            && data["state"] == "finished";
+        seen.push((name, data));
+        if done {
+            break;
         }
     }
     let ours = |name: &str| -> Vec<&Value> {
@@ -143,16 +111,6 @@ async fn the_event_stream_reports_a_generation_from_start_to_published_view() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headless_chromium_watches_the_demo_turn_ready_and_opens_a_category() {
-    for binary in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            Path::new(binary).exists(),
-            "{binary} is missing: scripts/test installs Debian's chromium and chromium-driver"
-        );
-    }
-    let python = larder_testkit::python::venv(
-        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("venv-ui"),
-        &["selenium==4.27.1"],
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let server = serve(dir.path()).await;
     let page = reqwest::get(format!("{}/ui", server.url))
@@ -164,14 +122,13 @@ async fn headless_chromium_watches_the_demo_turn_ready_and_opens_a_category() {
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui.png");
     let _ = std::fs::remove_file(&screenshot);
     let out = tokio::task::spawn_blocking({
-        let (python, base, screenshot) = (python.clone(), server.url.clone(), screenshot.clone());
+        let (base, screenshot) = (server.url.clone(), screenshot.clone());
         move || {
-            Command::new(python)
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ui_check.py"))
-                .arg(base)
-                .arg(screenshot)
-                .output()
-                .expect("run python")
+            larder_testkit::python::chromium_check(
+                Path::new(env!("CARGO_TARGET_TMPDIR")),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ui_check.py"),
+                &[&base, screenshot.to_str().expect("utf-8 path")],
+            )
         }
     })
     .await

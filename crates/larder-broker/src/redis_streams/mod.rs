@@ -8,6 +8,7 @@
 //! Each stream is one key, so in a cluster it lives on one node; different stages spread over
 //! the primaries.
 
+mod broadcast;
 mod conn;
 mod reply;
 mod subscription;
@@ -15,6 +16,7 @@ mod subscription;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use larder_store::keys;
 use redis::{Cmd, RedisError, Value};
 
@@ -241,6 +243,14 @@ impl Broker for RedisBroker {
                 Ok(u64::try_from(n).unwrap_or(0))
             }
         }
+    }
+
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        broadcast::broadcast(&self.inner, topic, payload).await
+    }
+
+    async fn listen(&self, topic: &str) -> Result<BoxStream<'static, Vec<u8>>, BrokerError> {
+        broadcast::listen(self.inner.clone(), topic).await
     }
 
     async fn dead_letters(&self, stage: &str, limit: usize) -> Result<Vec<Delivery>, BrokerError> {

@@ -122,11 +122,20 @@ pub(crate) fn xrange(value: Value) -> Result<Vec<Entry>, BrokerError> {
 }
 
 /// `XREADGROUP … COUNT 1 … STREAMS key >` → the entry, or `None` on timeout.
-/// RESP2: `[[key, [entry]]]`; RESP3: `{key: [entry]}`; nil on timeout.
 pub(crate) fn xreadgroup(value: Value) -> Result<Option<Entry>, BrokerError> {
-    const CMD: &str = "XREADGROUP";
+    Ok(stream_entries("XREADGROUP", value)?.into_iter().next())
+}
+
+/// `XREAD … STREAMS key id` → the entries after `id`, oldest first; none on timeout.
+pub(crate) fn xread(value: Value) -> Result<Vec<Entry>, BrokerError> {
+    stream_entries("XREAD", value)
+}
+
+/// The entries of a read of streams.
+/// RESP2: `[[key, [entry…]]]`; RESP3: `{key: [entry…]}`; nil on timeout.
+fn stream_entries(command: &'static str, value: Value) -> Result<Vec<Entry>, BrokerError> {
     let streams: Vec<Value> = match value {
-        Value::Nil => return Ok(None),
+        Value::Nil => return Ok(Vec::new()),
         Value::Map(pairs) => pairs.into_iter().map(|(_, v)| v).collect(),
         Value::Array(streams) => streams
             .into_iter()
@@ -134,19 +143,19 @@ pub(crate) fn xreadgroup(value: Value) -> Result<Option<Entry>, BrokerError> {
                 Value::Array(kv) if kv.len() == 2 => kv
                     .into_iter()
                     .nth(1)
-                    .ok_or_else(|| bad(CMD, "stream without entries")),
-                other => Err(bad(CMD, format!("stream {other:?}"))),
+                    .ok_or_else(|| bad(command, "stream without entries")),
+                other => Err(bad(command, format!("stream {other:?}"))),
             })
             .collect::<Result<_, _>>()?,
-        other => return Err(bad(CMD, format!("reply {other:?}"))),
+        other => return Err(bad(command, format!("reply {other:?}"))),
     };
     Ok(streams
         .into_iter()
-        .map(|s| entries(CMD, s))
+        .map(|s| entries(command, s))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
-        .next())
+        .collect())
 }
 
 /// `XAUTOCLAIM … COUNT 1` → (next cursor, the claimed entry if any).

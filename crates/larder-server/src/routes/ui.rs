@@ -1,6 +1,7 @@
 //! The operator page (`GET /ui`, one embedded HTML file with its CSS and JS, no build step)
 //! and the event stream it follows (`GET /v1/events`, Server-Sent Events of the pipeline
-//! stages this process hosts: `stage`, `filtered`, `view`).
+//! stages: `stage`, `filtered`, `view`, `embedded`; this process's, and with a Redis broker
+//! every other process's, relayed in by `larder_pipeline::events::relay_in`).
 
 use std::convert::Infallible;
 

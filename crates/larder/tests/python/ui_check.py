@@ -8,23 +8,14 @@ import sys
 import urllib.parse
 import urllib.request
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+import chromium
+
 base, screenshot = sys.argv[1], sys.argv[2]
 
-options = Options()
-options.binary_location = "/usr/bin/chromium"
-for flag in [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
-]:
-    options.add_argument(flag)
-driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+driver = chromium.driver()
 try:
     driver.get(base + "/ui")
     ready_rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#categories tr[data-status=ready]")
