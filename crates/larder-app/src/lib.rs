@@ -11,6 +11,7 @@
 //! - [`open`]: each part on its own (store, raw store, backup, main DB).
 //! - this file: [`App`], the parts together, and the stages built on them.
 
+pub mod budget;
 pub mod config;
 pub mod open;
 
@@ -72,7 +73,7 @@ impl App {
             generations(&db, &broker, &config),
             config.pipeline.rank.ranking(),
             Admission::new(&config.categories, config.auth.is_on()),
-            reuse(&config)?,
+            reuse(&config, &db)?,
         );
         Ok(App {
             config,
@@ -182,7 +183,7 @@ impl Running {
 }
 
 /// Similar-category reuse on the provider `categories.reuse_provider` names, if any.
-fn reuse(config: &Config) -> Result<Option<Reuse>, AppError> {
+fn reuse(config: &Config, db: &Db) -> Result<Option<Reuse>, AppError> {
     let name = &config.categories.reuse_provider;
     if name.is_empty() {
         return Ok(None);
@@ -197,7 +198,7 @@ fn reuse(config: &Config) -> Result<Option<Reuse>, AppError> {
                 "categories.reuse_provider: no [[pipeline.providers]] is named {name:?}"
             ))
         })?;
-    let provider = larder_providers::build(provider)
+    let provider = larder_providers::build_with(provider, &budget::DbLedger::shared(db))
         .map_err(|e| StageError::Config(format!("categories.reuse_provider {name:?}: {e}")))?;
     Ok(Some(Reuse::new(
         provider,
@@ -230,7 +231,10 @@ fn deps(
         )
     });
     let providers = if calls_models {
-        larder_pipeline::runner::build_providers(&config.pipeline.providers)?
+        larder_pipeline::runner::build_providers(
+            &config.pipeline.providers,
+            &budget::DbLedger::shared(&db),
+        )?
     } else {
         Default::default()
     };

@@ -35,7 +35,7 @@ const SCHEMA_LOCK_KEY: i64 = 0x6c61_7264_6572; // "larder"
 /// and PostgreSQL and map onto sqlx's `Any` types. There is no foreign key from items to
 /// categories on purpose: items are written by pipeline workers that may run before the
 /// category row exists elsewhere; evaluations and feedback must name a real item.
-const SCHEMA: [&str; 8] = [
+const SCHEMA: [&str; 9] = [
     "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS categories (
         name TEXT NOT NULL PRIMARY KEY,
@@ -78,6 +78,14 @@ const SCHEMA: [&str; 8] = [
     )",
     "CREATE INDEX IF NOT EXISTS feedback_category ON feedback (category)",
     "CREATE INDEX IF NOT EXISTS feedback_item ON feedback (item_id)",
+    // Daily spend per provider (budget.rs): every process on this DB draws on one budget.
+    "CREATE TABLE IF NOT EXISTS provider_spend (
+        provider TEXT NOT NULL,
+        day BIGINT NOT NULL,
+        tokens BIGINT NOT NULL,
+        requests BIGINT NOT NULL,
+        PRIMARY KEY (provider, day)
+    )",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

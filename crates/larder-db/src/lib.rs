@@ -21,6 +21,7 @@
 //! - `categories.rs`: registering and listing categories, the generation cooldown claim.
 //! - `items.rs`: items and evaluations, the dedup pool and the ranking inputs.
 //! - `feedback.rs`: feedback events, validated whole and committed before returning.
+//! - `budget.rs`: each provider's daily spend, so a budget caps every process on this DB.
 //! - `model.rs`: the row types; `sql.rs`: placeholder building and row decoding;
 //!   `error.rs`: [`DbError`] and how sqlx errors map onto it.
 //!
@@ -32,6 +33,7 @@
 //! `ON CONFLICT` decide races. `sqlite::memory:` uses a single-connection pool, since every
 //! connection to `:memory:` would otherwise see its own empty database.
 
+mod budget;
 mod categories;
 mod connect;
 mod error;
@@ -40,6 +42,7 @@ mod items;
 mod model;
 mod sql;
 
+pub use budget::Spend;
 pub use connect::Db;
 pub use error::{DbError, Result};
 pub use larder_url::DbUrl;

@@ -579,6 +579,66 @@ async fn claim_generation_has_one_winner(backend: Backend) {
         .expect("claim after release"));
 }
 
+/// A provider's daily budget holds under racing takers: of 20 concurrent requests against a
+/// limit of 7, exactly 7 are counted. Days and providers are counted apart, tokens add up.
+async fn provider_budget_is_never_overdrawn(backend: Backend) {
+    let h = open(backend).await;
+    let day = 20_000;
+    let mut tasks = JoinSet::new();
+    for _ in 0..20 {
+        let db = h.db.clone();
+        tasks.spawn(async move { db.take_provider_request("gpt", day, 0, 7).await });
+    }
+    let mut counted = 0;
+    while let Some(result) = tasks.join_next().await {
+        let (yes, spend) = result.expect("task").expect("take");
+        assert!(spend.requests <= 7, "{spend:?}");
+        counted += usize::from(yes);
+    }
+    assert_eq!(counted, 7);
+    let (yes, spend) =
+        h.db.take_provider_request("gpt", day, 0, 7)
+            .await
+            .expect("take");
+    assert_eq!((yes, spend.requests), (false, 7));
+    assert!(
+        h.db.take_provider_request("gpt", day + 1, 0, 7)
+            .await
+            .expect("take")
+            .0,
+        "a new day"
+    );
+    assert!(
+        h.db.take_provider_request("judge", day, 0, 7)
+            .await
+            .expect("take")
+            .0,
+        "another provider"
+    );
+
+    let spend = h.db.add_provider_tokens("gpt", day, 40).await.expect("add");
+    assert_eq!((spend.tokens, spend.requests), (40, 7));
+    let spend =
+        h.db.add_provider_tokens("embedder", day, 9)
+            .await
+            .expect("add");
+    assert_eq!((spend.tokens, spend.requests), (9, 0));
+    let (yes, spend) =
+        h.db.take_provider_request("embedder", day, 9, 0)
+            .await
+            .expect("take");
+    assert_eq!(
+        (yes, spend.tokens),
+        (false, 9),
+        "the token limit is reached"
+    );
+    let (yes, _) =
+        h.db.take_provider_request("embedder", day, 10, 0)
+            .await
+            .expect("take");
+    assert!(yes, "under a higher token limit");
+}
+
 /// Run only where a second connection sees the same data (not `:memory:`).
 async fn feedback_survives_reopening(backend: Backend) {
     let h = open(backend).await;
@@ -720,6 +780,7 @@ backend_tests!(
         rank_inputs_count_feedback,
         unknown_item_rejects_the_whole_batch,
         claim_generation_has_one_winner,
+        provider_budget_is_never_overdrawn,
     ]
 );
 
@@ -735,6 +796,7 @@ backend_tests!(
         rank_inputs_count_feedback,
         unknown_item_rejects_the_whole_batch,
         claim_generation_has_one_winner,
+        provider_budget_is_never_overdrawn,
         feedback_survives_reopening,
         two_pools_share_one_database,
         concurrent_first_connects,
@@ -753,6 +815,7 @@ backend_tests!(
         rank_inputs_count_feedback,
         unknown_item_rejects_the_whole_batch,
         claim_generation_has_one_winner,
+        provider_budget_is_never_overdrawn,
         feedback_survives_reopening,
         two_pools_share_one_database,
         concurrent_first_connects,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder_broker::{Broker, Delivery, Subscription};
+use larder_providers::budget::Ledger;
 use larder_providers::{Provider, ProviderConfig};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -20,13 +21,15 @@ use crate::job::{Job, StageKind};
 use crate::names;
 use crate::stage::{Deps, Stage, StageError};
 
-/// Build every configured provider (wire client wrapped in its limits), keyed by name.
+/// Build every configured provider (wire client wrapped in its limits), keyed by name, their
+/// daily budgets counted in `ledger`.
 pub fn build_providers(
     configs: &[ProviderConfig],
+    ledger: &Arc<dyn Ledger>,
 ) -> Result<HashMap<String, Arc<dyn Provider>>, StageError> {
     let mut providers = HashMap::new();
     for config in configs {
-        let provider = larder_providers::build(config).map_err(|e| {
+        let provider = larder_providers::build_with(config, ledger).map_err(|e| {
             StageError::Config(format!("pipeline.providers {:?}: {e}", config.name))
         })?;
         if providers.insert(config.name.clone(), provider).is_some() {

@@ -33,8 +33,11 @@ pub async fn deps_on(broker: Arc<dyn Broker>) -> Deps {
     )
     .await
     .expect("memory store");
-    let providers = build_providers(&PipelineConfig::default().without_latency().providers)
-        .expect("providers build");
+    let providers = build_providers(
+        &PipelineConfig::default().without_latency().providers,
+        &larder_providers::budget::MemoryLedger::shared(),
+    )
+    .expect("providers build");
     let cooldown = PipelineConfig::default().generation_cooldown_ms;
     Deps {
         generations: Generations::new(db.clone(), Arc::new(Queue::new(broker)), cooldown),

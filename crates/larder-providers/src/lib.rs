@@ -19,6 +19,7 @@
 //! - `error`: [`ProviderError`]; `metrics`: every metric name this crate emits.
 
 mod brain;
+pub mod budget;
 mod clova;
 mod config;
 pub mod embedding;
@@ -141,6 +142,15 @@ impl fmt::Debug for dyn Provider {
 /// API keys are read from the named environment variables here, once; a missing variable is
 /// a [`ProviderError::Config`] naming it.
 pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError> {
+    build_with(config, &budget::MemoryLedger::shared())
+}
+
+/// [`build`], with the daily budget counted in `ledger`: give every provider of a deployment
+/// one ledger on the shared main DB and the budget caps them all together.
+pub fn build_with(
+    config: &ProviderConfig,
+    ledger: &Arc<dyn budget::Ledger>,
+) -> Result<Arc<dyn Provider>, ProviderError> {
     config.validate()?;
     let name = config.name.as_str();
     let limits = config.limits.clone();
@@ -157,7 +167,7 @@ pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError
                 .transpose()?;
             let client = http::client(limits.concurrency)?;
             let inner = openai::OpenAi::new(name, base_url, model, key, *json_mode, client);
-            Arc::new(limited::Limited::new(inner, limits))
+            Arc::new(limited::Limited::with_ledger(inner, limits, ledger.clone()))
         }
         ProviderKind::ClovaV1 {
             base_url,
@@ -182,7 +192,7 @@ pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError
                 sampling.clone(),
                 client,
             );
-            Arc::new(limited::Limited::new(inner, limits))
+            Arc::new(limited::Limited::with_ledger(inner, limits, ledger.clone()))
         }
         ProviderKind::ClovaV3 {
             base_url,
@@ -201,7 +211,7 @@ pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError
                 sampling.clone(),
                 client,
             );
-            Arc::new(limited::Limited::new(inner, limits))
+            Arc::new(limited::Limited::with_ledger(inner, limits, ledger.clone()))
         }
         ProviderKind::Simulated {
             seed,
@@ -209,7 +219,7 @@ pub fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderError
             latency,
         } => {
             let inner = simulated::Simulated::new(name, *seed, model.clone(), latency.clone());
-            Arc::new(limited::Limited::new(inner, limits))
+            Arc::new(limited::Limited::with_ledger(inner, limits, ledger.clone()))
         }
     };
     tracing::info!(

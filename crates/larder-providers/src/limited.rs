@@ -5,13 +5,14 @@
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
+use crate::budget::{Budget, Ledger, Spent, Taken};
 use crate::config::Limits;
 use crate::metrics as names;
 use crate::{ChatRequest, ChatResponse, EmbedResponse, Provider, ProviderError, Usage};
@@ -25,8 +26,8 @@ pub(crate) struct Limited<P> {
     limits: Limits,
     permits: Semaphore,
     rate: Option<DefaultDirectRateLimiter>,
-    /// Today's spend, when `tokens_per_day` or `requests_per_day` is set.
-    spent: Option<Mutex<Spent>>,
+    /// Where today's spend is counted, when `tokens_per_day` or `requests_per_day` is set.
+    ledger: Option<Arc<dyn Ledger>>,
 }
 
 /// An answer whose tokens the layer counts and charges to the budget.
@@ -46,15 +47,6 @@ impl Metered for EmbedResponse {
     }
 }
 
-/// Tokens and HTTP attempts of one UTC day.
-#[derive(Debug, Default)]
-struct Spent {
-    /// Days since the Unix epoch (UTC) these counts are for.
-    day: u64,
-    tokens: u64,
-    requests: u64,
-}
-
 /// Today's number: days since the Unix epoch, UTC.
 fn utc_day() -> u64 {
     SystemTime::now()
@@ -63,7 +55,14 @@ fn utc_day() -> u64 {
 }
 
 impl<P: Provider> Limited<P> {
+    /// With the budget counted in this provider's own memory.
+    #[cfg(test)]
     pub(crate) fn new(inner: P, limits: Limits) -> Limited<P> {
+        Limited::with_ledger(inner, limits, crate::budget::MemoryLedger::shared())
+    }
+
+    /// With the budget counted in `ledger` (shared by every provider built on it).
+    pub(crate) fn with_ledger(inner: P, limits: Limits, ledger: Arc<dyn Ledger>) -> Limited<P> {
         let rate = NonZeroU32::new(limits.requests_per_minute).map(|rpm| {
             // One cell per period and a burst of 1: requests are spaced evenly, so "120 per
             // minute" never becomes 120 at once followed by a minute of 429s.
@@ -76,35 +75,42 @@ impl<P: Provider> Limited<P> {
         let budgeted = limits.tokens_per_day > 0 || limits.requests_per_day > 0;
         let limited = Limited {
             permits: Semaphore::new(limits.concurrency.max(1)),
-            spent: budgeted.then(|| {
-                Mutex::new(Spent {
-                    day: utc_day(),
-                    ..Spent::default()
-                })
-            }),
+            ledger: budgeted.then_some(ledger),
             inner,
             limits,
             rate,
         };
-        if let Some(spent) = &limited.spent {
-            limited.show_budget(&spent.lock().unwrap_or_else(|p| p.into_inner()));
+        if limited.ledger.is_some() {
+            // Until the first call reads the shared count: the whole budget.
+            limited.show_budget(Spent::default());
         }
         limited
     }
 
+    fn budget(&self) -> Budget {
+        Budget {
+            tokens_per_day: self.limits.tokens_per_day,
+            requests_per_day: self.limits.requests_per_day,
+        }
+    }
+
     /// Take one request from today's budget, or fail without calling when it is spent.
-    fn spend_request(&self) -> Result<(), ProviderError> {
-        let Some(spent) = &self.spent else {
+    async fn spend_request(&self) -> Result<(), ProviderError> {
+        let Some(ledger) = &self.ledger else {
             return Ok(());
         };
-        let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
-        let today = utc_day();
-        if spent.day != today {
-            *spent = Spent {
-                day: today,
-                ..Spent::default()
-            };
-        }
+        let taken = ledger
+            .take_request(self.inner.name(), utc_day(), self.budget())
+            .await
+            .map_err(|e| ProviderError::Transport(format!("budget ledger: {e}")))?;
+        let spent = match taken {
+            Taken::Yes(spent) => {
+                self.show_budget(spent);
+                return Ok(());
+            }
+            Taken::Spent(spent) => spent,
+        };
+        self.show_budget(spent);
         let l = &self.limits;
         if l.tokens_per_day > 0 && spent.tokens >= l.tokens_per_day {
             return Err(ProviderError::BudgetSpent(format!(
@@ -118,22 +124,32 @@ impl<P: Provider> Limited<P> {
                 spent.requests, l.requests_per_day
             )));
         }
-        spent.requests += 1;
-        self.show_budget(&spent);
-        Ok(())
+        // The ledger refused although neither limit is reached: it counted another limit.
+        Err(ProviderError::BudgetSpent(format!(
+            "{} tokens and {} requests used today (UTC)",
+            spent.tokens, spent.requests
+        )))
     }
 
-    /// Charge an answered call's tokens to today's budget.
-    fn spend_tokens(&self, tokens: u64) {
-        if let Some(spent) = &self.spent {
-            let mut spent = spent.lock().unwrap_or_else(|p| p.into_inner());
-            spent.tokens = spent.tokens.saturating_add(tokens);
-            self.show_budget(&spent);
+    /// Charge an answered call's tokens to today's budget. The answer is already paid for, so
+    /// a ledger that cannot take them is logged, not an error.
+    async fn spend_tokens(&self, tokens: u64) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        match ledger
+            .add_tokens(self.inner.name(), utc_day(), tokens)
+            .await
+        {
+            Ok(spent) => self.show_budget(spent),
+            Err(error) => {
+                tracing::warn!(provider = self.name(), tokens, %error, "cannot charge tokens to the budget ledger")
+            }
         }
     }
 
     /// The remaining budget as gauges, for `/metrics` and the operator page.
-    fn show_budget(&self, spent: &Spent) {
+    fn show_budget(&self, spent: Spent) {
         let l = &self.limits;
         for (resource, limit, used) in [
             ("tokens", l.tokens_per_day, spent.tokens),
@@ -162,7 +178,7 @@ impl<P: Provider> Limited<P> {
         if let Some(rate) = &self.rate {
             rate.until_ready().await;
         }
-        self.spend_request()?;
+        self.spend_request().await?;
         if self.limits.timeout_ms == 0 {
             return call.await;
         }
@@ -193,7 +209,8 @@ impl<P: Provider> Limited<P> {
                 Ok(response) => {
                     let usage = response.usage();
                     self.count(names::REQUESTS, "outcome", "ok", 1);
-                    self.spend_tokens(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+                    self.spend_tokens(usage.prompt_tokens.saturating_add(usage.completion_tokens))
+                        .await;
                     self.count(names::TOKENS, "direction", "prompt", usage.prompt_tokens);
                     self.count(
                         names::TOKENS,

@@ -359,16 +359,7 @@ async fn a_spent_provider_budget_stops_generation_and_shows_in_metrics() {
     let client = Client::new();
     let mut seen = Seen::default();
 
-    let (status, _, body) = seen
-        .call(
-            &client,
-            Method::PUT,
-            category_url(&server, "first", ""),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    seen.create(&client, &server, "first").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, _, body) = seen
@@ -387,40 +378,16 @@ async fn a_spent_provider_budget_stops_generation_and_shows_in_metrics() {
         assert!(Instant::now() < deadline, "not ready{}", server.log_text());
     }
 
-    let (status, _, body) = seen
-        .call(
-            &client,
-            Method::PUT,
-            category_url(&server, "second", ""),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    seen.create(&client, &server, "second").await;
     // The second generation is refused by both generators' budgets, without an HTTP call.
-    let metrics = loop {
-        let text = support::metrics_text(&client, &server.url)
-            .await
-            .expect("metrics");
-        if support::metric_sum(&text, "larder_provider_errors_total", "kind=\"budget\"") >= 2.0 {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(30),
-            "no budget refusal:\n{text}{}",
-            server.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metrics = budget_refusals(&client, &server).await;
     for provider in ["gpt", "clova-v1"] {
+        assert_eq!(
+            calls(&metrics, provider),
+            1.0,
+            "{provider} made exactly one call:\n{metrics}"
+        );
         let label = format!("provider=\"{provider}\"");
-        let ok = metrics
-            .lines()
-            .filter(|l| l.starts_with("larder_provider_requests_total{") && l.contains(&label))
-            .filter(|l| l.contains("outcome=\"ok\"") || l.contains("outcome=\"retry\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>();
-        assert_eq!(ok, 1.0, "{provider} made exactly one call:\n{metrics}");
         let remaining = metrics
             .lines()
             .find(|l| {
@@ -441,4 +408,54 @@ async fn a_spent_provider_budget_stops_generation_and_shows_in_metrics() {
         )
         .await;
     assert_eq!(status, 202, "still pending: {body}");
+
+    // The day's spend is counted on the main DB, not in the process: another process on it
+    // (a restarted serve here, a `larder worker` elsewhere) finds the budget spent and calls
+    // nobody.
+    drop(server);
+    let server = serve(dir.path(), &mock.url, "", ", requests_per_day = 1").await;
+    seen.create(&client, &server, "third").await;
+    let metrics = budget_refusals(&client, &server).await;
+    for provider in ["gpt", "clova-v1"] {
+        assert_eq!(calls(&metrics, provider), 0.0, "{provider}:\n{metrics}");
+    }
+}
+
+impl Seen {
+    /// `PUT` a new category (no token), which must answer 201.
+    async fn create(&mut self, client: &Client, server: &Proc, name: &str) {
+        let url = category_url(server, name, "");
+        let (status, _, body) = self.call(client, Method::PUT, url, None, None).await;
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+}
+
+/// `/metrics` once both generators have refused a call for their spent budget (within 60 s).
+async fn budget_refusals(client: &Client, server: &Proc) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = support::metrics_text(client, &server.url)
+            .await
+            .expect("metrics");
+        if support::metric_sum(&text, "larder_provider_errors_total", "kind=\"budget\"") >= 2.0 {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no budget refusal:\n{text}{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// HTTP calls `provider` made (answered or retried), from a `/metrics` page.
+fn calls(metrics: &str, provider: &str) -> f64 {
+    let label = format!("provider=\"{provider}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("larder_provider_requests_total{") && l.contains(&label))
+        .filter(|l| l.contains("outcome=\"ok\"") || l.contains("outcome=\"retry\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
